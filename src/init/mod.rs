@@ -1,0 +1,178 @@
+//! PID 1 proper: the event loop that waits on the signalfd, forwards signals, reaps zombies
+//! and runs the stop sequence, carrying out what [`state::Lifecycle`] decides.
+
+pub mod procs;
+pub mod reap;
+pub mod signals;
+pub mod state;
+
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::unistd::Pid;
+
+use signals::SignalReader;
+use state::{Action, Lifecycle};
+
+/// Where forwarded signals go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardTo {
+    /// The child's process group (the child and everything in its group).
+    Group,
+    /// The child process only.
+    Child,
+}
+
+/// What `occ-init run` supervises and how.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub command: Vec<OsString>,
+    pub grace: Duration,
+    pub forward_to: ForwardTo,
+}
+
+/// Run `opts.command` under PID-1 supervision and return occ-init's exit code.
+/// `mask` is the signal set blocked by [`signals::block_async_signals`].
+pub fn run_command(opts: RunOptions, mask: SigSet) -> i32 {
+    let mut reader = match SignalReader::new(&mask) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("cannot create signalfd: {e}");
+            return 1;
+        }
+    };
+    become_subreaper();
+    let child = match crate::spawn::spawn(&opts.command) {
+        Ok(pid) => pid,
+        Err(e) => {
+            log::error!("{e}");
+            // The failed child (if any) is reaped by std before spawn returns.
+            return e.exit_code();
+        }
+    };
+    log::debug!("started {:?} as pid {child}", opts.command);
+    supervise(&mut reader, child, &opts)
+}
+
+/// When not PID 1 (Docker's `init: true`, a test harness), orphans would go to the real init
+/// instead of us: become a child subreaper so they are re-parented here and reaped.
+pub fn become_subreaper() {
+    if std::process::id() == 1 {
+        return;
+    }
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc == 0 {
+        log::debug!(
+            "running as pid {}, registered as child subreaper",
+            std::process::id()
+        );
+    } else {
+        log::warn!(
+            "not PID 1 and cannot become a child subreaper ({}): orphans will not be reaped here",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The loop: block until a signal or the next deadline, act, reap, repeat until exit.
+/// Once the child runs nothing here returns early on an error: it is logged and the loop
+/// carries on.
+fn supervise(reader: &mut SignalReader, child: Pid, opts: &RunOptions) -> i32 {
+    let mut life = Lifecycle::new(child.as_raw(), opts.grace);
+    loop {
+        wait_readable(reader, life.deadline());
+        let now = Instant::now();
+        loop {
+            match reader.next() {
+                Ok(Some(sig)) => {
+                    if signals::is_stop_signal(sig) && !life.is_stopping() {
+                        log::info!(
+                            "received {sig}, stopping (grace period {})",
+                            crate::duration::display(opts.grace)
+                        );
+                    }
+                    for action in life.on_signal(sig, now) {
+                        perform(action, child, opts.forward_to);
+                    }
+                }
+                Ok(None) => break,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("reading signalfd failed: {e}");
+                    break;
+                }
+            }
+        }
+        let reaped = reap::reap_all();
+        for (pid, code) in reaped.exited {
+            if pid == child.as_raw() {
+                log::debug!("child {pid} exited with code {code}");
+            } else {
+                log::trace!("reaped {pid} (code {code})");
+            }
+            life.on_reaped(pid, code, now);
+        }
+        for action in life.on_tick(reaped.no_children, Instant::now()) {
+            if let Action::Exit(code) = action {
+                return code;
+            }
+            perform(action, child, opts.forward_to);
+        }
+    }
+}
+
+/// Carry out one non-exit action.
+fn perform(action: Action, child: Pid, forward_to: ForwardTo) {
+    match action {
+        Action::Forward(sig) => forward(sig, child, forward_to),
+        Action::SignalAll(sig) => {
+            let n = procs::signal_descendants(sig);
+            if sig == Signal::SIGKILL && n > 0 {
+                log::warn!("grace period over: killing the processes that are left");
+            } else {
+                log::debug!("sent {sig} to remaining processes");
+            }
+        }
+        Action::Exit(_) => {}
+    }
+}
+
+/// Forward a signal to the child's process group (or the child). A child that left its
+/// group (setsid) still gets it directly.
+fn forward(sig: Signal, child: Pid, forward_to: ForwardTo) {
+    let group = Pid::from_raw(-child.as_raw());
+    let result = match forward_to {
+        ForwardTo::Group => kill(group, sig).or_else(|e| match e {
+            Errno::ESRCH => kill(child, sig),
+            e => Err(e),
+        }),
+        ForwardTo::Child => kill(child, sig),
+    };
+    match result {
+        Ok(()) => log::debug!("forwarded {sig} to {child}"),
+        Err(e) => log::debug!("could not forward {sig} to {child}: {e}"),
+    }
+}
+
+/// Block until the signalfd is readable or `deadline` passes.
+fn wait_readable(reader: &SignalReader, deadline: Option<Instant>) {
+    let timeout = match deadline {
+        None => PollTimeout::NONE,
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            // Round up so we do not wake a millisecond early and spin.
+            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+        }
+    };
+    let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, timeout) {
+        Ok(_) | Err(Errno::EINTR) => {}
+        Err(e) => log::warn!("poll failed: {e}"),
+    }
+}

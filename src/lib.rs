@@ -1,0 +1,50 @@
+//! occ-init: a container init (PID 1) for opencode-cloud.
+//!
+//! `run()` parses the command line and dispatches; every module below owns one concern.
+//! Decisions are pure functions over data (unit-tested); effects live in their own modules.
+
+pub mod cli;
+pub mod duration;
+pub mod init;
+pub mod logging;
+pub mod spawn;
+pub mod version;
+
+use clap::Parser;
+
+/// Exit code for usage and configuration errors (clap uses it as well).
+pub const EXIT_USAGE: i32 = 2;
+
+/// Parse the command line, run the chosen subcommand and return the process exit code.
+pub fn run() -> i32 {
+    // Block the asynchronous signals before anything else, in particular before any thread
+    // exists: threads inherit the mask, and signalfd only sees signals blocked in every thread.
+    let signals = match init::signals::block_async_signals() {
+        Ok(mask) => mask,
+        Err(e) => {
+            eprintln!("occ-init: cannot block signals: {e}");
+            return 1;
+        }
+    };
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    logging::init();
+    match cli.command {
+        Some(cli::Command::Run(args)) => init::run_command(args.into_options(), signals),
+        Some(cli::Command::External(argv)) => {
+            init::run_command(cli::RunArgs::for_command(argv).into_options(), signals)
+        }
+        None => {
+            eprintln!(
+                "occ-init: no command given\n\nUsage: occ-init run [OPTIONS] -- CMD [ARGS...]\n\nFor more information, try '--help'."
+            );
+            EXIT_USAGE
+        }
+    }
+}

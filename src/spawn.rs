@@ -1,0 +1,113 @@
+//! Starting the supervised child: its own process group, the terminal's foreground when
+//! stdin is a tty, default signal state, an environment without occ-init's secrets.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::unistd::Pid;
+use thiserror::Error;
+
+/// Environment variables that carry secrets meant for occ-init only; never passed on.
+pub const SECRET_ENV_PREFIXES: [&str; 2] = ["OCC_BOOTSTRAP_", "OCC_SERVER_PASSWORD"];
+
+/// Why a child could not be started.
+#[derive(Debug, Error)]
+pub enum SpawnError {
+    #[error("no command given")]
+    Empty,
+    #[error("cannot run '{cmd}': command not found")]
+    NotFound { cmd: String },
+    #[error("cannot run '{cmd}': not executable ({source})")]
+    NotExecutable { cmd: String, source: io::Error },
+    #[error("cannot run '{cmd}': {source}")]
+    Other { cmd: String, source: io::Error },
+}
+
+impl SpawnError {
+    /// Shell-compatible exit code: 127 not found, 126 not executable, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SpawnError::NotFound { .. } => 127,
+            SpawnError::NotExecutable { .. } => 126,
+            SpawnError::Empty | SpawnError::Other { .. } => 1,
+        }
+    }
+
+    fn from_io(cmd: &OsString, e: io::Error) -> SpawnError {
+        let cmd = cmd.to_string_lossy().into_owned();
+        match e.raw_os_error() {
+            Some(libc::ENOENT) => SpawnError::NotFound { cmd },
+            Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) | Some(libc::EPERM) => {
+                SpawnError::NotExecutable { cmd, source: e }
+            }
+            _ => SpawnError::Other { cmd, source: e },
+        }
+    }
+}
+
+/// True when an environment variable name must not reach a child.
+pub fn is_secret_env(name: &str) -> bool {
+    SECRET_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Start `argv` as a child in its own process group and return its pid.
+pub fn spawn(argv: &[OsString]) -> Result<Pid, SpawnError> {
+    let (program, args) = argv.split_first().ok_or(SpawnError::Empty)?;
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for (name, _) in std::env::vars_os() {
+        if is_secret_env(&name.to_string_lossy()) {
+            cmd.env_remove(name);
+        }
+    }
+    // SAFETY: the closure only makes async-signal-safe system calls (setpgid, isatty,
+    // tcsetpgrp, signal, sigprocmask) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            isolate_child();
+            crate::init::signals::reset_for_exec().map_err(io::Error::from)
+        });
+    }
+    let child = cmd.spawn().map_err(|e| SpawnError::from_io(program, e))?;
+    Ok(Pid::from_raw(child.id() as i32))
+}
+
+/// In the child, before exec: a process group of its own and, on a terminal, the foreground.
+/// SIGTTOU is still ignored here (inherited from PID 1), so `tcsetpgrp` cannot stop us.
+fn isolate_child() {
+    // SAFETY: plain system calls on our own process and fd 0.
+    unsafe {
+        libc::setpgid(0, 0);
+        if libc::isatty(libc::STDIN_FILENO) == 1 {
+            // Failure (no controlling tty, e.g. a redirected terminal) is harmless.
+            libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpgrp());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_env_names() {
+        assert!(is_secret_env("OCC_BOOTSTRAP_PASSWORD_HASH"));
+        assert!(is_secret_env("OCC_BOOTSTRAP_USER"));
+        assert!(is_secret_env("OCC_SERVER_PASSWORD_FILE"));
+        assert!(!is_secret_env("OCC_LOG"));
+        assert!(!is_secret_env("PATH"));
+    }
+
+    #[test]
+    fn exec_errors_map_to_shell_codes() {
+        let cmd = OsString::from("x");
+        let nf = SpawnError::from_io(&cmd, io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(nf.exit_code(), 127);
+        let ne = SpawnError::from_io(&cmd, io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(ne.exit_code(), 126);
+        let other = SpawnError::from_io(&cmd, io::Error::from_raw_os_error(libc::E2BIG));
+        assert_eq!(other.exit_code(), 1);
+    }
+}
