@@ -88,7 +88,7 @@ fn supervise(reader: &mut SignalReader, child: Pid, opts: &RunOptions) -> i32 {
         wait_readable(reader, life.deadline());
         let now = Instant::now();
         loop {
-            match reader.next() {
+            match reader.pending() {
                 Ok(Some(sig)) => {
                     if signals::is_stop_signal(sig) && !life.is_stopping() {
                         log::info!(

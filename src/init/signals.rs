@@ -56,7 +56,7 @@ impl SignalReader {
     }
 
     /// Next pending signal, or `None` when none is pending.
-    pub fn next(&mut self) -> nix::Result<Option<Signal>> {
+    pub fn pending(&mut self) -> nix::Result<Option<Signal>> {
         loop {
             match self.fd.read_signal()? {
                 None => return Ok(None),
@@ -81,13 +81,39 @@ impl AsFd for SignalReader {
 
 /// Put the calling process back into the default signal state: every disposition to
 /// `SIG_DFL`, empty mask. Only async-signal-safe calls: usable between fork and exec.
+///
+/// Uses the raw `rt_sigaction` system call so that the real-time signals glibc reserves
+/// for itself (32, 33), which its `signal()` refuses to touch, are reset as well.
 pub fn reset_for_exec() -> nix::Result<()> {
-    for sig in Signal::iterator() {
-        if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
+    /// The kernel's `struct sigaction` on 64-bit Linux (x86_64, aarch64, riscv64).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: SIG_DFL runs no handler code; signal(2) is async-signal-safe.
-        unsafe { signal::signal(sig, SigHandler::SigDfl)? };
+        // SAFETY: rt_sigaction with a valid struct and no old-action pointer; SIG_DFL runs
+        // no handler code. Failures for individual signals are harmless and ignored.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            );
+        }
     }
     signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
 }
