@@ -1,6 +1,7 @@
 //! Command-line interface: the clap definitions of every subcommand and their help texts.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -35,6 +36,9 @@ pub struct Cli {
 pub enum Command {
     /// Supervise CMD as init: reap zombies, forward signals, exit with its status.
     Run(RunArgs),
+    /// Manage login users (the manifest and the accounts in /etc).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Any other command line is supervised as with `run`.
     #[command(external_subcommand)]
     External(Vec<OsString>),
@@ -61,9 +65,113 @@ pub struct RunArgs {
     #[arg(long, value_enum, env = "OCC_FORWARD_TO", default_value_t = ForwardArg::Group, value_name = "TARGET")]
     pub forward_to: ForwardArg,
 
+    /// Users manifest to restore before starting CMD.
+    #[arg(long, env = "OCC_USERS_FILE", value_name = "PATH")]
+    pub users: Option<PathBuf>,
+
     /// The command to supervise and its arguments.
     #[arg(required = true, num_args = 1.., last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// Where a user command's manifest is.
+#[derive(Debug, Args, Clone)]
+pub struct ManifestArg {
+    /// Users manifest (default /var/lib/occ/users.toml).
+    #[arg(long, env = "OCC_USERS_FILE", value_name = "PATH", global = true)]
+    pub users: Option<PathBuf>,
+}
+
+/// How a new password is given.
+#[derive(Debug, Args, Clone, Default)]
+#[group(multiple = false)]
+pub struct SecretArgs {
+    /// Read the password from the first line of stdin.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Read a ready shadow hash ($y$..., $6$...) from the first line of stdin.
+    #[arg(long)]
+    pub hash_stdin: bool,
+    /// Generate a strong random password and print it once.
+    #[arg(long)]
+    pub generate: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a login user (prompts twice on a terminal unless a --*-stdin or --generate is given).
+    Add {
+        name: String,
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// Fixed uid (1000-59999); default: the next free one.
+        #[arg(long)]
+        uid: Option<u32>,
+        #[command(flatten)]
+        manifest: ManifestArg,
+    },
+    /// Remove a user from the manifest; the account is locked, its home kept.
+    Remove {
+        name: String,
+        /// Remove even the last user while opencode is exposed to the network.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        manifest: ManifestArg,
+    },
+    /// Change a user's password.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
+        manifest: ManifestArg,
+    },
+    /// Lock a user (login refused, hash kept).
+    Lock {
+        name: String,
+        #[command(flatten)]
+        manifest: ManifestArg,
+    },
+    /// Unlock a user.
+    Unlock {
+        name: String,
+        #[command(flatten)]
+        manifest: ManifestArg,
+    },
+    /// List users: name, uid, locked, in manifest, present in /etc.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        manifest: ManifestArg,
+    },
+    /// Check a password through PAM (service `opencode`); exit 0 or 1.
+    Verify {
+        name: String,
+        /// Read the password from stdin even on a terminal.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        manifest: ManifestArg,
+    },
+    /// Print a manifest of the current users (for a host-side backup).
+    Export {
+        #[command(flatten)]
+        manifest: ManifestArg,
+    },
+    /// Replace the manifest with FILE (validated first; `-` for stdin) and restore it.
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        manifest: ManifestArg,
+    },
+    /// Make /etc match the manifest now; exit 0 when it does.
+    Sync {
+        #[command(flatten)]
+        manifest: ManifestArg,
+    },
 }
 
 impl RunArgs {
@@ -76,6 +184,7 @@ impl RunArgs {
         RunArgs {
             grace,
             forward_to: ForwardArg::Group,
+            users: std::env::var_os("OCC_USERS_FILE").map(PathBuf::from),
             command,
         }
     }
@@ -88,6 +197,7 @@ impl RunArgs {
                 ForwardArg::Group => ForwardTo::Group,
                 ForwardArg::Child => ForwardTo::Child,
             },
+            users: self.users,
         }
     }
 }
@@ -128,6 +238,43 @@ mod tests {
     fn unknown_flag_is_a_usage_error() {
         let err = Cli::try_parse_from(["occ-init", "run", "--bogus", "--", "true"]).unwrap_err();
         assert!(err.to_string().contains("--bogus"));
+    }
+
+    #[test]
+    fn user_secret_flags_are_exclusive() {
+        let err = Cli::try_parse_from([
+            "occ-init",
+            "user",
+            "add",
+            "alice",
+            "--generate",
+            "--hash-stdin",
+        ])
+        .unwrap_err();
+        assert!(err.use_stderr());
+        let cli = Cli::try_parse_from([
+            "occ-init",
+            "user",
+            "add",
+            "alice",
+            "--password-stdin",
+            "--users",
+            "/x.toml",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::User(UserCommand::Add {
+                name,
+                secret,
+                manifest,
+                ..
+            })) => {
+                assert_eq!(name, "alice");
+                assert!(secret.password_stdin);
+                assert_eq!(manifest.users, Some(PathBuf::from("/x.toml")));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -4,10 +4,15 @@
 //! Decisions are pure functions over data (unit-tested); effects live in their own modules.
 
 pub mod cli;
+pub mod commands;
 pub mod duration;
 pub mod init;
 pub mod logging;
+pub mod manifest;
+pub mod policy;
+pub mod secret;
 pub mod spawn;
+pub mod users;
 pub mod version;
 
 use clap::Parser;
@@ -37,6 +42,7 @@ pub fn run() -> i32 {
     logging::init();
     match cli.command {
         Some(cli::Command::Run(args)) => init::run_command(args.into_options(), signals),
+        Some(cli::Command::User(cmd)) => commands::user(cmd),
         Some(cli::Command::External(argv)) => {
             init::run_command(cli::RunArgs::for_command(argv).into_options(), signals)
         }

@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub command: Vec<OsString>,
     pub grace: Duration,
     pub forward_to: ForwardTo,
+    /// Users manifest to restore before the command starts (default location when `None`).
+    pub users: Option<std::path::PathBuf>,
 }
 
 /// Run `opts.command` under PID-1 supervision and return occ-init's exit code.
@@ -46,6 +48,7 @@ pub fn run_command(opts: RunOptions, mask: SigSet) -> i32 {
         }
     };
     become_subreaper();
+    restore_users(&opts);
     let child = match crate::spawn::spawn(&opts.command) {
         Ok(pid) => pid,
         Err(e) => {
@@ -56,6 +59,28 @@ pub fn run_command(opts: RunOptions, mask: SigSet) -> i32 {
     };
     log::debug!("started {:?} as pid {child}", opts.command);
     supervise(&mut reader, child, &opts)
+}
+
+/// Boot-time user restore (every boot, `run` included). Never fatal: problems are logged.
+fn restore_users(opts: &RunOptions) {
+    let users = crate::users::Users::new(crate::users::UsersConfig::from_env(opts.users.clone()));
+    let bootstrap = match crate::users::Bootstrap::from_env() {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!("users: {e}");
+            None
+        }
+    };
+    let nothing_to_do =
+        bootstrap.is_none() && !users.cfg.manifest.exists() && !users.cfg.legacy_dir.exists();
+    if nothing_to_do {
+        log::debug!(
+            "users: no manifest at {}, nothing to restore",
+            users.cfg.manifest.display()
+        );
+        return;
+    }
+    users.restore_at_boot(bootstrap);
 }
 
 /// When not PID 1 (Docker's `init: true`, a test harness), orphans would go to the real init

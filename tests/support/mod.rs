@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+pub mod sandbox;
+
 pub const OCC_INIT: &str = env!("CARGO_BIN_EXE_occ-init");
 pub const CHILD: &str = env!("CARGO_BIN_EXE_occ-test-child");
 
@@ -47,6 +49,9 @@ impl Init {
         };
         cmd.args(args)
             .env("OCC_LOG", "debug")
+            // PID-1 tests must never restore users from a real manifest on the host.
+            .env("OCC_USERS_FILE", "/nonexistent/occ-test/users.toml")
+            .env("OCC_LEGACY_USERS_DIR", "/nonexistent/occ-test/legacy")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

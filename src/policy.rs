@@ -1,0 +1,107 @@
+//! Bind policy: parsing listen/bind addresses and deciding whether opencode would be
+//! reachable from the network. Pure functions, table-tested.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("invalid address '{0}': use an IPv4 or IPv6 address ([::1] or ::1) or 'localhost'")]
+    BadAddress(String),
+}
+
+/// Parse an address as the host CLI writes it: IPv4, IPv6 with or without brackets, or
+/// `localhost`.
+pub fn parse_address(text: &str) -> Result<IpAddr, PolicyError> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("localhost") {
+        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    let inner = t
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(t);
+    inner
+        .parse::<IpAddr>()
+        .map_err(|_| PolicyError::BadAddress(text.to_string()))
+}
+
+/// Loopback is local; every other address (0.0.0.0, ::, a LAN address) is network-exposed.
+pub fn is_exposed(addr: &IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => !v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
+        }
+    }
+}
+
+/// Where exposure is judged: the declared bind address when the host gives one, else the
+/// listen host.
+pub fn exposure_address<'a>(bind_address: Option<&'a str>, listen_host: &'a str) -> &'a str {
+    match bind_address {
+        Some(b) if !b.trim().is_empty() => b,
+        _ => listen_host,
+    }
+}
+
+/// The address to judge from the environment, until the config file exists: `OCC_BIND_ADDRESS`,
+/// else `OCC_HOST` / `OPENCODE_HOST`, else `0.0.0.0` (opencode-cloud's default).
+pub fn address_from_env() -> String {
+    let bind = std::env::var("OCC_BIND_ADDRESS").ok();
+    let host = std::env::var("OCC_HOST")
+        .or_else(|_| std::env::var("OPENCODE_HOST"))
+        .unwrap_or_else(|_| "0.0.0.0".to_string());
+    exposure_address(bind.as_deref(), &host).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_table() {
+        let table: &[(&str, Option<bool>)] = &[
+            ("127.0.0.1", Some(false)),
+            ("127.1.2.3", Some(false)),
+            ("localhost", Some(false)),
+            ("LOCALHOST", Some(false)),
+            ("::1", Some(false)),
+            ("[::1]", Some(false)),
+            ("::ffff:127.0.0.1", Some(false)),
+            ("0.0.0.0", Some(true)),
+            ("::", Some(true)),
+            ("[::]", Some(true)),
+            ("192.168.1.10", Some(true)),
+            ("10.0.0.1", Some(true)),
+            ("fe80::1", Some(true)),
+            ("2001:db8::1", Some(true)),
+            (" 127.0.0.1 ", Some(false)),
+            ("", None),
+            ("example.com", None),
+            ("256.1.1.1", None),
+            ("[::1", None),
+            ("::1]", None),
+            ("127.0.0.1:3000", None),
+            ("[::1]:3000", None),
+        ];
+        for (text, want) in table {
+            let got = parse_address(text).map(|a| is_exposed(&a)).ok();
+            assert_eq!(got, *want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn bad_address_message_says_what_is_accepted() {
+        let e = parse_address("nope").unwrap_err().to_string();
+        assert!(e.contains("'nope'") && e.contains("localhost"), "{e}");
+    }
+
+    #[test]
+    fn bind_address_wins_over_listen_host() {
+        assert_eq!(exposure_address(Some("127.0.0.1"), "0.0.0.0"), "127.0.0.1");
+        assert_eq!(exposure_address(None, "0.0.0.0"), "0.0.0.0");
+        assert_eq!(exposure_address(Some(" "), "0.0.0.0"), "0.0.0.0");
+    }
+}

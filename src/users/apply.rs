@@ -1,0 +1,120 @@
+//! Carrying out a user plan with the system tools: `useradd` per new user and one
+//! `chpasswd -e` for every shadow change. Secrets travel only over the tools' stdin; their
+//! argv holds names and uids, their environment only PATH and LC_ALL.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::accounts::MANAGED_GECOS;
+use super::plan::{NewUser, Plan};
+use super::UsersError;
+
+/// PATH for the account tools when occ-init's own PATH is unset.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn tool(name: &str) -> Command {
+    let mut cmd = Command::new(name);
+    cmd.env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+        )
+        .env("LC_ALL", "C")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Run a tool, feeding `input` on stdin; error with its stderr when it fails.
+fn run(mut cmd: Command, what: &'static str, input: Option<&[u8]>) -> Result<(), UsersError> {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd.spawn().map_err(|e| UsersError::Tool {
+        tool: what,
+        message: format!("cannot start: {e}"),
+    })?;
+    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+        // A write error shows up as the tool's failure below.
+        let _ = stdin.write_all(data);
+    }
+    let out = child.wait_with_output().map_err(|e| UsersError::Tool {
+        tool: what,
+        message: e.to_string(),
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(UsersError::Tool {
+            tool: what,
+            message: format!(
+                "{} ({})",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                out.status
+            ),
+        })
+    }
+}
+
+/// `useradd -m -l -s /bin/bash -c <marker> [-u UID] NAME`
+pub fn useradd(user: &NewUser) -> Result<(), UsersError> {
+    let mut cmd = tool("useradd");
+    cmd.args(["-m", "-l", "-s", "/bin/bash", "-c", MANAGED_GECOS]);
+    if let Some(uid) = user.uid {
+        cmd.arg("-u").arg(uid.to_string());
+    }
+    cmd.arg("--").arg(&user.name);
+    run(cmd, "useradd", None)
+}
+
+/// One `chpasswd -e` for a batch of `(name, shadow field)` pairs. The fields were validated
+/// (no `:`, newline or whitespace), so each line is exactly one record.
+pub fn chpasswd_encrypted(batch: &[(String, String)]) -> Result<(), UsersError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut input = Vec::with_capacity(batch.len() * 128);
+    for (name, shadow) in batch {
+        input.extend_from_slice(name.as_bytes());
+        input.push(b':');
+        input.extend_from_slice(shadow.as_bytes());
+        input.push(b'\n');
+    }
+    let mut cmd = tool("chpasswd");
+    cmd.arg("-e");
+    let result = run(cmd, "chpasswd -e", Some(&input));
+    wipe(&mut input);
+    result
+}
+
+/// Set a plaintext password with `chpasswd`, letting the system hash it (yescrypt on
+/// Ubuntu 24.04). The caller reads the resulting hash back from /etc/shadow.
+pub fn chpasswd_plain(name: &str, password: &str) -> Result<(), UsersError> {
+    let mut input = Vec::with_capacity(name.len() + password.len() + 2);
+    input.extend_from_slice(name.as_bytes());
+    input.push(b':');
+    input.extend_from_slice(password.as_bytes());
+    input.push(b'\n');
+    let result = run(tool("chpasswd"), "chpasswd", Some(&input));
+    wipe(&mut input);
+    result
+}
+
+/// Overwrite a buffer that held a secret.
+pub fn wipe(buf: &mut [u8]) {
+    for b in buf.iter_mut() {
+        // SAFETY: a volatile write to a valid &mut u8, so the compiler keeps it.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+}
+
+/// Apply a plan: create missing users, then every shadow change in one batch.
+/// Stops at the first failing tool; what was done stays done (useradd is not undone).
+pub fn apply(plan: &Plan) -> Result<(), UsersError> {
+    for user in &plan.create {
+        useradd(user)?;
+    }
+    chpasswd_encrypted(&plan.set_shadow)
+}

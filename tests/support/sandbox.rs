@@ -1,0 +1,229 @@
+//! A users sandbox: a private copy of the whole /etc and an empty /home, bind-mounted over
+//! the real ones inside a new mount + PID namespace for each command, so tests can create
+//! users for real without touching the host. Host /etc/passwd and /etc/shadow are checked
+//! to be unchanged when the sandbox is dropped.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::OCC_INIT;
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    host_passwd: Vec<u8>,
+    host_shadow: Vec<u8>,
+    /// Extra environment for every command.
+    pub env: Vec<(String, String)>,
+    /// Extra shell run inside the namespaces before occ-init (e.g. read-only mounts).
+    pub prelude: String,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host_passwd = std::fs::read("/etc/passwd").expect("read /etc/passwd");
+        let host_shadow = std::fs::read("/etc/shadow").expect("read /etc/shadow");
+        let status = Command::new("cp")
+            .args(["-a", "/etc"])
+            .arg(dir.path().join("etc"))
+            .status()
+            .expect("cp /etc");
+        assert!(status.success());
+        let pam = Path::new(env!("CARGO_MANIFEST_DIR")).join("rootfs/etc/pam.d/opencode");
+        std::fs::copy(&pam, dir.path().join("etc/pam.d/opencode")).expect("install pam service");
+        for d in ["home", "occ", "legacy", "shims"] {
+            std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
+        }
+        Sandbox {
+            dir,
+            host_passwd,
+            host_shadow,
+            env: Vec::new(),
+            prelude: String::new(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn manifest(&self) -> PathBuf {
+        self.path("occ/users.toml")
+    }
+
+    pub fn etc_file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path("etc").join(name)).expect("read sandbox etc")
+    }
+
+    /// The shadow field of `user` in the sandbox, if present.
+    pub fn shadow_of(&self, user: &str) -> Option<String> {
+        self.etc_file("shadow")
+            .lines()
+            .find(|l| l.split(':').next() == Some(user))
+            .and_then(|l| l.split(':').nth(1).map(str::to_string))
+    }
+
+    pub fn passwd_line(&self, user: &str) -> Option<String> {
+        self.etc_file("passwd")
+            .lines()
+            .find(|l| l.split(':').next() == Some(user))
+            .map(str::to_string)
+    }
+
+    /// Put logging wrappers for useradd/chpasswd first on PATH: each call appends its argv
+    /// and environment to shims/calls.log, then runs the real tool.
+    pub fn install_shims(&mut self) {
+        let log = self.path("shims/calls.log");
+        for tool in ["useradd", "chpasswd"] {
+            let real = which(tool);
+            let script = format!(
+                "#!/bin/sh\n{{ echo \"CALL {tool} $*\"; env; }} >> '{}'\nexec {} \"$@\"\n",
+                log.display(),
+                real.display()
+            );
+            let p = self.path("shims").join(tool);
+            std::fs::write(&p, script).expect("write shim");
+            let _ = Command::new("chmod").arg("+x").arg(&p).status();
+        }
+        self.env.push((
+            "PATH".into(),
+            format!(
+                "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                self.path("shims").display()
+            ),
+        ));
+    }
+
+    pub fn shim_log(&self) -> String {
+        std::fs::read_to_string(self.path("shims/calls.log")).unwrap_or_default()
+    }
+
+    /// `occ-init ARGS` inside the sandbox, stdin fed from `input`, with a deadline.
+    pub fn occ(&self, args: &[&str], input: Option<&str>) -> Output {
+        let mut all = vec![OCC_INIT];
+        all.extend_from_slice(args);
+        self.run(&all, input, &[])
+    }
+
+    pub fn occ_env(&self, args: &[&str], input: Option<&str>, env: &[(&str, &str)]) -> Output {
+        let mut all = vec![OCC_INIT];
+        all.extend_from_slice(args);
+        self.run(&all, input, env)
+    }
+
+    /// Start a command inside the sandbox without waiting (for concurrency and kill tests).
+    pub fn spawn(&self, argv: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+        let script = format!(
+            "mount --bind \"$1\" /etc && mount --bind \"$2\" /home && shift 2 && {} exec \"$@\"",
+            self.prelude
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+        ])
+        .args(["sh", "-c", &script, "sh"])
+        .arg(self.path("etc"))
+        .arg(self.path("home"))
+        .args(argv)
+        .env("OCC_USERS_FILE", self.manifest())
+        .env("OCC_LEGACY_USERS_DIR", self.path("legacy"))
+        .env("OCC_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("spawn in sandbox")
+    }
+
+    pub fn run(&self, argv: &[&str], input: Option<&str>, env: &[(&str, &str)]) -> Output {
+        let mut child = self.spawn(argv, env);
+        if let Some(mut stdin) = child.stdin.take() {
+            if let Some(data) = input {
+                let _ = stdin.write_all(data.as_bytes());
+            }
+        }
+        wait_output(child, Duration::from_secs(60))
+    }
+
+    /// Host files must be exactly as they were.
+    pub fn assert_host_untouched(&self) {
+        assert_eq!(
+            std::fs::read("/etc/passwd").expect("passwd"),
+            self.host_passwd,
+            "host /etc/passwd changed"
+        );
+        assert_eq!(
+            std::fs::read("/etc/shadow").expect("shadow"),
+            self.host_shadow,
+            "host /etc/shadow changed"
+        );
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.assert_host_untouched();
+        }
+    }
+}
+
+fn which(tool: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = Path::new(dir).join(tool);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{tool} not installed");
+}
+
+/// Wait for a child with a deadline; kill it (and fail) past the deadline.
+pub fn wait_output(child: std::process::Child, limit: Duration) -> Output {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+            panic!("command did not finish within {limit:?}");
+        }
+    }
+}
+
+/// stdout + stderr as one string, for messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Deadline helper for loops in tests.
+pub fn until(limit: Duration) -> impl Fn() -> bool {
+    let end = Instant::now() + limit;
+    move || Instant::now() < end
+}
