@@ -612,3 +612,73 @@ pub(crate) mod tests {
         assert!(msg.contains("line 6"), "{msg}");
     }
 }
+
+/// A stable-toolchain stand-in for the `cargo fuzz` target in fuzz/: thousands of random
+/// mutations of valid and invalid manifests go through parse + validate without a panic,
+/// and everything that validates survives a round trip.
+#[cfg(test)]
+mod mutation_tests {
+    use super::tests::{BCRYPT, SHA512, Y};
+    use super::*;
+
+    /// xorshift64*: deterministic, so a failure is reproducible from the seed.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545F4914F6CDD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const PIECES: &[&str] = &[
+        ":", "\n", "\0", " ", "$", "!", "*", "\"", "'", "[[users]]", "name = ", "uid = ", "locked = true",
+        "version = 1", "password_hash = ", "root", "\u{feff}", "é", "9999999999999999999", "=", "[", "]",
+    ];
+
+    #[test]
+    fn random_mutations_never_panic() {
+        let seed_texts = [
+            format!("version = 1\n[[users]]\nname = \"alice\"\npassword_hash = '{Y}'\nuid = 1001\n"),
+            format!("version = 1\n[[users]]\nname = \"bob\"\npassword_hash = '{SHA512}'\nlocked = true\n[[users]]\nname = \"c\"\npassword_hash = '{BCRYPT}'\n"),
+            "version = 1\n".to_string(),
+        ];
+        let facts = SystemFacts::with_reserved(["opencoder", "ubuntu"]);
+        let mut rng = Rng(0x9E3779B97F4A7C15);
+        let mut valid = 0;
+        for i in 0..20_000 {
+            let mut bytes = seed_texts[i % seed_texts.len()].clone().into_bytes();
+            for _ in 0..1 + rng.below(4) {
+                let pos = rng.below(bytes.len() + 1);
+                match rng.below(3) {
+                    0 if !bytes.is_empty() => {
+                        bytes.remove(pos.min(bytes.len() - 1));
+                    }
+                    1 => {
+                        let piece = PIECES[rng.below(PIECES.len())].as_bytes();
+                        bytes.splice(pos..pos, piece.iter().copied());
+                    }
+                    _ => {
+                        if let Some(b) = bytes.get_mut(pos) {
+                            *b = (rng.next() & 0x7f) as u8;
+                        }
+                    }
+                }
+            }
+            let Ok(text) = String::from_utf8(bytes) else { continue };
+            if let Ok(m) = load(&text, &facts) {
+                valid += 1;
+                assert_eq!(load(&m.to_toml(), &facts).as_ref(), Ok(&m), "round trip of {text:?}");
+                for u in &m.users {
+                    assert!(!u.password_hash.contains([':', '\n', '\0']), "{text:?}");
+                    assert!(check_name(&u.name).is_ok(), "{text:?}");
+                }
+            }
+        }
+        assert!(valid > 100, "mutations too destructive: only {valid} valid");
+    }
+}
