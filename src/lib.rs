@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod duration;
 pub mod init;
 pub mod logging;
@@ -12,6 +13,7 @@ pub mod manifest;
 pub mod policy;
 pub mod secret;
 pub mod spawn;
+pub mod supervise;
 pub mod users;
 pub mod version;
 

@@ -636,8 +636,28 @@ mod mutation_tests {
     }
 
     const PIECES: &[&str] = &[
-        ":", "\n", "\0", " ", "$", "!", "*", "\"", "'", "[[users]]", "name = ", "uid = ", "locked = true",
-        "version = 1", "password_hash = ", "root", "\u{feff}", "é", "9999999999999999999", "=", "[", "]",
+        ":",
+        "\n",
+        "\0",
+        " ",
+        "$",
+        "!",
+        "*",
+        "\"",
+        "'",
+        "[[users]]",
+        "name = ",
+        "uid = ",
+        "locked = true",
+        "version = 1",
+        "password_hash = ",
+        "root",
+        "\u{feff}",
+        "é",
+        "9999999999999999999",
+        "=",
+        "[",
+        "]",
     ];
 
     #[test]
@@ -669,10 +689,16 @@ mod mutation_tests {
                     }
                 }
             }
-            let Ok(text) = String::from_utf8(bytes) else { continue };
+            let Ok(text) = String::from_utf8(bytes) else {
+                continue;
+            };
             if let Ok(m) = load(&text, &facts) {
                 valid += 1;
-                assert_eq!(load(&m.to_toml(), &facts).as_ref(), Ok(&m), "round trip of {text:?}");
+                assert_eq!(
+                    load(&m.to_toml(), &facts).as_ref(),
+                    Ok(&m),
+                    "round trip of {text:?}"
+                );
                 for u in &m.users {
                     assert!(!u.password_hash.contains([':', '\n', '\0']), "{text:?}");
                     assert!(check_name(&u.name).is_ok(), "{text:?}");

@@ -56,9 +56,107 @@ pub fn address_from_env() -> String {
     exposure_address(bind.as_deref(), &host).to_string()
 }
 
+/// What to do with opencode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Local only, or exposed with authentication.
+    Launch,
+    /// Exposed without authentication, explicitly allowed: launch, warn loudly.
+    LaunchWithWarning(String),
+    /// Exposed without authentication, not allowed: keep opencode stopped.
+    Gate(String),
+}
+
+impl Decision {
+    pub fn allows_launch(&self) -> bool {
+        !matches!(self, Decision::Gate(_))
+    }
+}
+
+/// The facts the decision is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// The address exposure is judged on.
+    pub address: String,
+    pub exposed: bool,
+    /// At least one valid, unlocked user, or a server password file.
+    pub authenticated: bool,
+    pub allow_unauthenticated_network: bool,
+}
+
+/// The bind policy (seed 003): local → launch; exposed with auth → launch; exposed without
+/// auth → launch with a warning when allowed, else gate.
+pub fn decide(f: &Facts) -> Decision {
+    match (f.exposed, f.authenticated, f.allow_unauthenticated_network) {
+        (false, _, _) | (true, true, _) => Decision::Launch,
+        (true, false, true) => Decision::LaunchWithWarning(format!(
+            "opencode is exposed to the network on {} WITHOUT authentication \
+             (allow_unauthenticated_network is set): anyone who can reach it can run code here",
+            f.address
+        )),
+        (true, false, false) => Decision::Gate(format!(
+            "opencode is not started: it would be exposed to the network on {} and no user is \
+             configured. Add one with `docker exec <container> occ-init user add NAME` (opencode \
+             then starts at once), bind to 127.0.0.1 (OCC_BIND_ADDRESS), or set \
+             OCC_ALLOW_UNAUTHENTICATED_NETWORK=true to run it unprotected",
+            f.address
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decision_table() {
+        // (address, users configured, allowed) → launch / warn / gate
+        let table = [
+            ("127.0.0.1", false, false, "launch"),
+            ("127.0.0.1", true, false, "launch"),
+            ("localhost", false, true, "launch"),
+            ("[::1]", false, false, "launch"),
+            ("0.0.0.0", true, false, "launch"),
+            ("0.0.0.0", true, true, "launch"),
+            ("0.0.0.0", false, true, "warn"),
+            ("0.0.0.0", false, false, "gate"),
+            ("::", false, false, "gate"),
+            ("[::]", false, true, "warn"),
+            ("192.168.1.5", false, false, "gate"),
+            ("192.168.1.5", true, false, "launch"),
+        ];
+        for (addr, auth, allow, want) in table {
+            let exposed = is_exposed(&parse_address(addr).unwrap());
+            let d = decide(&Facts {
+                address: addr.into(),
+                exposed,
+                authenticated: auth,
+                allow_unauthenticated_network: allow,
+            });
+            let got = match d {
+                Decision::Launch => "launch",
+                Decision::LaunchWithWarning(_) => "warn",
+                Decision::Gate(_) => "gate",
+            };
+            assert_eq!(got, want, "{addr} auth={auth} allow={allow}");
+        }
+    }
+
+    #[test]
+    fn gate_message_says_how_to_fix_it() {
+        let d = decide(&Facts {
+            address: "0.0.0.0".into(),
+            exposed: true,
+            authenticated: false,
+            allow_unauthenticated_network: false,
+        });
+        let Decision::Gate(msg) = d else { panic!() };
+        assert!(
+            msg.contains("docker exec <container> occ-init user add NAME"),
+            "{msg}"
+        );
+        assert!(msg.contains("0.0.0.0"));
+    }
 
     #[test]
     fn address_table() {

@@ -52,22 +52,72 @@ pub fn is_secret_env(name: &str) -> bool {
     SECRET_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-/// Start `argv` as a child in its own process group and return its pid.
+/// Credentials to drop to in the child (looked up before the fork).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// What to start and how.
+#[derive(Debug, Clone, Default)]
+pub struct SpawnSpec {
+    pub argv: Vec<OsString>,
+    /// The complete environment; `None` inherits occ-init's, minus its secrets.
+    pub env: Option<Vec<(OsString, OsString)>>,
+    pub cwd: Option<std::path::PathBuf>,
+    pub credentials: Option<Credentials>,
+}
+
+/// Start `argv` as a child in its own process group (inheriting the environment minus
+/// secrets) and return its pid.
 pub fn spawn(argv: &[OsString]) -> Result<Pid, SpawnError> {
-    let (program, args) = argv.split_first().ok_or(SpawnError::Empty)?;
+    spawn_spec(&SpawnSpec {
+        argv: argv.to_vec(),
+        ..SpawnSpec::default()
+    })
+}
+
+/// Start a child as described by `spec`.
+pub fn spawn_spec(spec: &SpawnSpec) -> Result<Pid, SpawnError> {
+    let (program, args) = spec.argv.split_first().ok_or(SpawnError::Empty)?;
     let mut cmd = Command::new(program);
     cmd.args(args);
-    for (name, _) in std::env::vars_os() {
-        if is_secret_env(&name.to_string_lossy()) {
-            cmd.env_remove(name);
+    match &spec.env {
+        Some(env) => {
+            cmd.env_clear();
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        }
+        None => {
+            for (name, _) in std::env::vars_os() {
+                if is_secret_env(&name.to_string_lossy()) {
+                    cmd.env_remove(name);
+                }
+            }
         }
     }
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
+    let creds = spec.credentials.clone();
     // SAFETY: the closure only makes async-signal-safe system calls (setpgid, isatty,
-    // tcsetpgrp, signal, sigprocmask) and allocates nothing.
+    // tcsetpgrp, rt_sigaction, sigprocmask, setgroups, setgid, setuid); the group list was
+    // allocated before the fork.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             isolate_child();
-            crate::init::signals::reset_for_exec().map_err(io::Error::from)
+            crate::init::signals::reset_for_exec().map_err(io::Error::from)?;
+            if let Some(c) = &creds {
+                let groups: &[libc::gid_t] = &c.groups;
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(c.gid) != 0
+                    || libc::setuid(c.uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
         });
     }
     let child = cmd.spawn().map_err(|e| SpawnError::from_io(program, e))?;

@@ -1,0 +1,579 @@
+//! occ-init's settings: defaults < `/etc/occ/init.toml` < `OCC_*` environment < flags, plus
+//! opencode-cloud's `OPENCODE_HOST` / `OPENCODE_PORT` / `PORT`. Loading is pure over the
+//! file text and an environment map; only [`Config::load`] touches the filesystem.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Default config file.
+pub const DEFAULT_CONFIG: &str = "/etc/occ/init.toml";
+
+/// When opencode is restarted after it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// What to do when opencode crash-loops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrashLoopAction {
+    /// Keep restarting at the maximum backoff.
+    KeepTrying,
+    /// Stop and exit with opencode's status, so the orchestrator sees the failure.
+    Exit,
+}
+
+/// Durations in config are strings such as "10s", "500ms", "2m" (or plain seconds).
+mod dur {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::duration::display(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Secs(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(t) => crate::duration::parse(&t).map_err(serde::de::Error::custom),
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+        }
+    }
+}
+
+/// Every setting, with its default. Field names are the keys of init.toml and, in capitals
+/// behind `OCC_`, the environment variables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// opencode's command and arguments; `--hostname` and `--port` are always appended.
+    pub command: Vec<String>,
+    /// The unprivileged user opencode runs as.
+    pub service_user: String,
+    /// opencode's working directory (default: ~service_user/workspace, else the home).
+    pub workdir: Option<PathBuf>,
+    /// Address opencode listens on inside the container.
+    pub host: String,
+    /// Port opencode listens on.
+    pub port: u16,
+    /// Where the service is reachable from outside, when the host declares it.
+    pub bind_address: Option<String>,
+    /// Launch even when exposed to the network with no authentication.
+    pub allow_unauthenticated_network: bool,
+    /// opencode sits behind a trusted reverse proxy (shown in status).
+    pub trust_proxy: bool,
+    pub rate_limit_attempts: u32,
+    pub rate_limit_window_seconds: u64,
+    pub restart: RestartPolicy,
+    #[serde(with = "dur")]
+    pub restart_backoff_initial: Duration,
+    #[serde(with = "dur")]
+    pub restart_backoff_max: Duration,
+    /// Running this long resets the backoff.
+    #[serde(with = "dur")]
+    pub restart_stable_after: Duration,
+    /// This many exits within `crash_loop_window` is a crash loop.
+    pub crash_loop_exits: u32,
+    #[serde(with = "dur")]
+    pub crash_loop_window: Duration,
+    pub crash_loop_action: CrashLoopAction,
+    /// Path of opencode's health endpoint (JSON `{"healthy":true}`).
+    pub health_path: String,
+    #[serde(with = "dur")]
+    pub health_interval: Duration,
+    #[serde(with = "dur")]
+    pub health_timeout: Duration,
+    /// Failed probes in a row that make a running opencode count as hung (then restarted).
+    pub health_failures: u32,
+    /// How long opencode may take to become ready before it is restarted.
+    #[serde(with = "dur")]
+    pub startup_timeout: Duration,
+    /// TERM, then this long, then KILL.
+    #[serde(with = "dur")]
+    pub stop_grace: Duration,
+    /// The users manifest.
+    pub users_file: PathBuf,
+    /// The admin API's unix socket.
+    pub admin_socket: PathBuf,
+    /// A file holding upstream opencode's server password (passed as OPENCODE_SERVER_PASSWORD).
+    pub server_password_file: Option<PathBuf>,
+    /// Extra environment for opencode.
+    pub env: BTreeMap<String, String>,
+    /// Names of occ-init's own environment variables passed on to opencode.
+    pub pass_env: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            command: vec!["opencode".into(), "serve".into()],
+            service_user: "opencoder".into(),
+            workdir: None,
+            host: "0.0.0.0".into(),
+            port: 3000,
+            bind_address: None,
+            allow_unauthenticated_network: false,
+            trust_proxy: false,
+            rate_limit_attempts: 5,
+            rate_limit_window_seconds: 60,
+            restart: RestartPolicy::Always,
+            restart_backoff_initial: Duration::from_secs(1),
+            restart_backoff_max: Duration::from_secs(60),
+            restart_stable_after: Duration::from_secs(60),
+            crash_loop_exits: 5,
+            crash_loop_window: Duration::from_secs(120),
+            crash_loop_action: CrashLoopAction::KeepTrying,
+            health_path: "/global/health".into(),
+            health_interval: Duration::from_secs(10),
+            health_timeout: Duration::from_secs(2),
+            health_failures: 3,
+            startup_timeout: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(10),
+            users_file: PathBuf::from(crate::users::DEFAULT_MANIFEST),
+            admin_socket: PathBuf::from("/run/occ/admin.sock"),
+            server_password_file: None,
+            env: BTreeMap::new(),
+            pass_env: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
+    #[error("invalid setting {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Settings given as command-line flags (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub bind_address: Option<String>,
+    pub allow_unauthenticated_network: bool,
+    pub users_file: Option<PathBuf>,
+    pub stop_grace: Option<Duration>,
+    pub admin_socket: Option<PathBuf>,
+}
+
+/// Every setting's key, for the `OCC_*` environment names.
+const KEYS: &[&str] = &[
+    "command",
+    "service_user",
+    "workdir",
+    "host",
+    "port",
+    "bind_address",
+    "allow_unauthenticated_network",
+    "trust_proxy",
+    "rate_limit_attempts",
+    "rate_limit_window_seconds",
+    "restart",
+    "restart_backoff_initial",
+    "restart_backoff_max",
+    "restart_stable_after",
+    "crash_loop_exits",
+    "crash_loop_window",
+    "crash_loop_action",
+    "health_path",
+    "health_interval",
+    "health_timeout",
+    "health_failures",
+    "startup_timeout",
+    "stop_grace",
+    "users_file",
+    "admin_socket",
+    "server_password_file",
+    "env",
+    "pass_env",
+];
+
+/// The environment name of a setting: `OCC_` + key in capitals.
+pub fn env_name(key: &str) -> String {
+    format!("OCC_{}", key.to_ascii_uppercase())
+}
+
+impl Config {
+    /// Build from config file text (if any), an environment and flags.
+    pub fn build(
+        file: Option<(&str, &str)>,
+        env: &BTreeMap<String, String>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some((path, text)) => {
+                let file_err = |e: toml::de::Error| ConfigError::File {
+                    path: path.to_string(),
+                    message: crate::manifest::toml_error(text, &e),
+                };
+                // Parse the file on its own first: its errors then carry line numbers.
+                toml::from_str::<Config>(text).map_err(file_err)?;
+                text.parse::<toml::Table>().map_err(file_err)?
+            }
+            None => toml::Table::new(),
+        };
+        // opencode-cloud's variables, below our own OCC_* ones.
+        if let Some(h) = env.get("OPENCODE_HOST") {
+            table.insert("host".into(), toml::Value::String(h.clone()));
+        }
+        if let Some((name, p)) = ["PORT", "OPENCODE_PORT"]
+            .iter()
+            .rev()
+            .find_map(|n| env.get(*n).map(|v| (*n, v)))
+        {
+            table.insert("port".into(), env_value(name, "port", p)?);
+        }
+        for key in KEYS {
+            let name = env_name(key);
+            if let Some(raw) = env.get(&name) {
+                table.insert(key.to_string(), env_value(&name, key, raw)?);
+            }
+        }
+        let mut cfg: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::File {
+                    path: "environment".to_string(),
+                    message: e.message().to_string(),
+                })?;
+        if let Some(h) = &flags.host {
+            cfg.host = h.clone();
+        }
+        if let Some(p) = flags.port {
+            cfg.port = p;
+        }
+        if let Some(b) = &flags.bind_address {
+            cfg.bind_address = Some(b.clone());
+        }
+        if flags.allow_unauthenticated_network {
+            cfg.allow_unauthenticated_network = true;
+        }
+        if let Some(u) = &flags.users_file {
+            cfg.users_file = u.clone();
+        }
+        if let Some(g) = flags.stop_grace {
+            cfg.stop_grace = g;
+        }
+        if let Some(s) = &flags.admin_socket {
+            cfg.admin_socket = s.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Load from the real file and process environment.
+    pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        let explicit = path
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("OCC_CONFIG").map(PathBuf::from));
+        let path = explicit
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => None,
+            Err(e) => {
+                return Err(ConfigError::File {
+                    path: shown,
+                    message: e.to_string(),
+                })
+            }
+        };
+        Config::build(text.as_deref().map(|t| (shown.as_str(), t)), &env, flags)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.command.is_empty() || self.command[0].is_empty() {
+            return bad("command", "must name a program".into());
+        }
+        if let Err(e) = crate::policy::parse_address(&self.host) {
+            return bad("host", e.to_string());
+        }
+        if let Some(b) = &self.bind_address {
+            if let Err(e) = crate::policy::parse_address(b) {
+                return bad("bind_address", e.to_string());
+            }
+        }
+        if self.port == 0 {
+            return bad(
+                "port",
+                "must be 1-65535 (opencode's port 0 silently picks a random port)".into(),
+            );
+        }
+        if crate::manifest::check_name(&self.service_user).is_err() {
+            return bad(
+                "service_user",
+                format!("'{}' is not a valid user name", self.service_user),
+            );
+        }
+        if !self.health_path.starts_with('/') {
+            return bad("health_path", "must start with /".into());
+        }
+        if self.restart_backoff_initial > self.restart_backoff_max {
+            return bad(
+                "restart_backoff_initial",
+                "is larger than restart_backoff_max".into(),
+            );
+        }
+        if self.health_failures == 0 || self.crash_loop_exits == 0 || self.rate_limit_attempts == 0
+        {
+            return bad("health_failures", "counts must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The address exposure is judged on (see [`crate::policy::exposure_address`]).
+    pub fn exposure_address(&self) -> &str {
+        crate::policy::exposure_address(self.bind_address.as_deref(), &self.host)
+    }
+
+    /// True when opencode would be reachable from the network.
+    pub fn exposed(&self) -> bool {
+        crate::policy::parse_address(self.exposure_address())
+            .map(|a| crate::policy::is_exposed(&a))
+            .unwrap_or(true)
+    }
+
+    /// The effective settings as TOML, for `occ-init check` (holds no secret: the server
+    /// password is only ever referenced by file path).
+    pub fn render(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Convert an environment variable's text into the TOML value its key expects.
+fn env_value(name: &str, key: &str, raw: &str) -> Result<toml::Value, ConfigError> {
+    let err = |message: String| ConfigError::Env {
+        name: name.to_string(),
+        message,
+    };
+    Ok(match key {
+        "port"
+        | "rate_limit_attempts"
+        | "rate_limit_window_seconds"
+        | "crash_loop_exits"
+        | "health_failures" => toml::Value::Integer(
+            raw.trim()
+                .parse::<i64>()
+                .map_err(|_| err(format!("'{raw}' is not a number")))?,
+        ),
+        "allow_unauthenticated_network" | "trust_proxy" => {
+            toml::Value::Boolean(match raw.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" | "" => false,
+                _ => return Err(err(format!("'{raw}' is not true/false"))),
+            })
+        }
+        "command" | "pass_env" => toml::Value::Array(
+            raw.split(if key == "pass_env" { ',' } else { ' ' })
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        "env" => {
+            let mut t = toml::Table::new();
+            for pair in raw
+                .split([',', '\n'])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+            {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| err(format!("'{pair}' is not NAME=VALUE")))?;
+                t.insert(k.trim().to_string(), toml::Value::String(v.to_string()));
+            }
+            toml::Value::Table(t)
+        }
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_opencode_cloud() {
+        let c = Config::build(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 3000));
+        assert_eq!(c.command, vec!["opencode", "serve"]);
+        assert!(c.exposed());
+    }
+
+    #[test]
+    fn precedence_defaults_file_env_flags() {
+        let file = "port = 4000\nhost = '127.0.0.1'\nstop_grace = '3s'\ntrust_proxy = true\n";
+        let c = Config::build(Some(("init.toml", file)), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            (c.port, c.host.as_str(), c.stop_grace),
+            (4000, "127.0.0.1", Duration::from_secs(3))
+        );
+        assert!(c.trust_proxy);
+        let e = env(&[("OCC_PORT", "5000"), ("OCC_STOP_GRACE", "500ms")]);
+        let c = Config::build(Some(("init.toml", file)), &e, &Overrides::default()).unwrap();
+        assert_eq!((c.port, c.stop_grace), (5000, Duration::from_millis(500)));
+        let flags = Overrides {
+            port: Some(6000),
+            ..Default::default()
+        };
+        let c = Config::build(Some(("init.toml", file)), &e, &flags).unwrap();
+        assert_eq!(c.port, 6000);
+    }
+
+    #[test]
+    fn honours_opencode_cloud_variables_below_occ_ones() {
+        let c = Config::build(None, &env(&[("PORT", "8080")]), &Overrides::default()).unwrap();
+        assert_eq!(c.port, 8080);
+        let c = Config::build(
+            None,
+            &env(&[("PORT", "8080"), ("OPENCODE_PORT", "9090")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.port, 9090);
+        let c = Config::build(
+            None,
+            &env(&[("OPENCODE_PORT", "9090"), ("OCC_PORT", "7070")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.port, 7070);
+        let c = Config::build(
+            None,
+            &env(&[("OPENCODE_HOST", "127.0.0.1")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(!c.exposed());
+        let c = Config::build(
+            None,
+            &env(&[("OPENCODE_HOST", "127.0.0.1"), ("OCC_HOST", "::")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.host, "::");
+    }
+
+    #[test]
+    fn env_forms_of_every_kind() {
+        let e = env(&[
+            ("OCC_ALLOW_UNAUTHENTICATED_NETWORK", "true"),
+            ("OCC_COMMAND", "opencode web"),
+            ("OCC_PASS_ENV", "ANTHROPIC_API_KEY, OPENAI_API_KEY"),
+            ("OCC_ENV", "A=1,B=two=2"),
+            ("OCC_RESTART", "on-failure"),
+            ("OCC_CRASH_LOOP_ACTION", "exit"),
+            ("OCC_BIND_ADDRESS", "[::1]"),
+        ]);
+        let c = Config::build(None, &e, &Overrides::default()).unwrap();
+        assert!(c.allow_unauthenticated_network);
+        assert_eq!(c.command, vec!["opencode", "web"]);
+        assert_eq!(c.pass_env, vec!["ANTHROPIC_API_KEY", "OPENAI_API_KEY"]);
+        assert_eq!(c.env["B"], "two=2");
+        assert_eq!(c.restart, RestartPolicy::OnFailure);
+        assert_eq!(c.crash_loop_action, CrashLoopAction::Exit);
+        assert!(
+            !c.exposed(),
+            "bind address 127.0.0.1-like wins over host 0.0.0.0"
+        );
+    }
+
+    #[test]
+    fn every_key_has_an_env_form() {
+        let rendered: toml::Table = Config {
+            workdir: Some("/w".into()),
+            bind_address: Some("::1".into()),
+            server_password_file: Some("/p".into()),
+            ..Config::default()
+        }
+        .render()
+        .parse()
+        .unwrap();
+        let mut keys: Vec<&str> = rendered.keys().map(String::as_str).collect();
+        keys.sort();
+        let mut known = KEYS.to_vec();
+        known.sort();
+        assert_eq!(keys, known);
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        let cases: &[(Option<&str>, &[(&str, &str)], &str)] = &[
+            (
+                Some("prot = 1\n"),
+                &[],
+                "init.toml: line 1: unknown field `prot`",
+            ),
+            (Some("\n\nport = 'x'\n"), &[], "init.toml: line 3"),
+            (Some("port = [\n"), &[], "init.toml: line 2: invalid array"),
+            (
+                None,
+                &[("OCC_PORT", "abc")],
+                "OCC_PORT: 'abc' is not a number",
+            ),
+            (
+                None,
+                &[("OCC_TRUST_PROXY", "maybe")],
+                "OCC_TRUST_PROXY: 'maybe' is not true/false",
+            ),
+            (None, &[("OCC_HOST", "example.com")], "invalid setting host"),
+            (None, &[("OCC_PORT", "0")], "random port"),
+            (None, &[("OCC_PORT", "70000")], "environment"),
+            (None, &[("OCC_STOP_GRACE", "10 parsecs")], "unknown unit"),
+            (None, &[("OCC_RESTART", "sometimes")], "unknown variant"),
+            (None, &[("OCC_SERVICE_USER", "Bad User")], "service_user"),
+            (None, &[("OCC_ENV", "novalue")], "not NAME=VALUE"),
+        ];
+        for (file, e, want) in cases {
+            let err = Config::build(
+                file.map(|f| ("init.toml", f)),
+                &env(e),
+                &Overrides::default(),
+            )
+            .expect_err(want)
+            .to_string();
+            assert!(err.contains(want), "got {err:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn render_round_trips() {
+        let c = Config {
+            port: 1234,
+            env: [("K".to_string(), "V".to_string())].into(),
+            ..Config::default()
+        };
+        let back =
+            Config::build(Some(("x", &c.render())), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(back, c);
+    }
+}

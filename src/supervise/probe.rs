@@ -1,0 +1,344 @@
+//! Health probing of opencode: `GET /global/health` over HTTP/1.1 with a deadline, Basic
+//! credentials when a server password is set, and a parsed JSON answer (opencode answers
+//! unknown paths with 200 + HTML, so a status code alone proves nothing). Probes run on a
+//! worker thread so PID 1's loop never blocks on the network.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::{Duration, Instant};
+
+use crate::secret::SecretString;
+
+/// Where and how to probe.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    pub timeout: Duration,
+    /// Upstream opencode's server password (user `opencode`), when one is set.
+    pub password: Option<std::sync::Arc<SecretString>>,
+}
+
+impl Target {
+    /// The address to connect to: a wildcard listen address is probed over loopback.
+    pub fn connect_host(&self) -> String {
+        match self.host.trim_matches(['[', ']']) {
+            "0.0.0.0" | "" => "127.0.0.1".into(),
+            "::" => "::1".into(),
+            "localhost" => "127.0.0.1".into(),
+            h => h.into(),
+        }
+    }
+}
+
+/// One HTTP GET with an overall deadline; returns the raw response.
+pub fn get(target: &Target) -> Result<Vec<u8>, String> {
+    let deadline = Instant::now() + target.timeout;
+    let host = target.connect_host();
+    let addr: SocketAddr = (host.as_str(), target.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("bad address {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("no address for {host}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, target.timeout)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    stream
+        .set_write_timeout(Some(left()))
+        .map_err(|e| e.to_string())?;
+    let mut req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}:{}\r\nAccept: application/json\r\nConnection: close\r\nUser-Agent: occ-init\r\n",
+        target.path,
+        if host.contains(':') { format!("[{host}]") } else { host.clone() },
+        target.port
+    );
+    if let Some(p) = &target.password {
+        req.push_str(&format!(
+            "Authorization: Basic {}\r\n",
+            base64(format!("opencode:{}", p.expose()).as_bytes())
+        ));
+    }
+    req.push_str("\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        stream
+            .set_read_timeout(Some(left()))
+            .map_err(|e| e.to_string())?;
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > 64 * 1024 {
+                    return Err("response larger than 64 KiB".into());
+                }
+                if complete(&buf) {
+                    break;
+                }
+            }
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        if Instant::now() >= deadline {
+            return Err("timed out".into());
+        }
+    }
+    Ok(buf)
+}
+
+/// True once a full response (by Content-Length or chunked terminator) is in `buf`.
+fn complete(buf: &[u8]) -> bool {
+    let Some(end) = find(buf, b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let body = &buf[end + 4..];
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body.len() >= len;
+    }
+    head.contains("transfer-encoding: chunked") && find(body, b"0\r\n\r\n").is_some()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Judge a raw response: 200 with a JSON body whose `healthy` is `true`.
+pub fn judge(raw: &[u8]) -> Result<(), String> {
+    let end = find(raw, b"\r\n\r\n").ok_or("no HTTP header")?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .ok_or("no status line")?;
+    if status != "200" {
+        return Err(format!("HTTP {status}"));
+    }
+    let mut body = raw[end + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body).ok_or("bad chunked body")?;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| "answer is not JSON (wrong path or not opencode?)")?;
+    match v.get("healthy") {
+        Some(serde_json::Value::Bool(true)) => Ok(()),
+        _ => Err("answer does not say healthy: true".into()),
+    }
+}
+
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = find(body, b"\r\n")?;
+        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(body.get(..size)?);
+        body = body.get(size + 2..)?;
+    }
+}
+
+/// Standard base64 (for the Basic authorization header).
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Probe once: `Ok` when healthy, else why not.
+pub fn probe(target: &Target) -> Result<(), String> {
+    judge(&get(target)?)
+}
+
+/// A worker thread that runs probes and wakes PID 1's loop when a result is ready.
+pub struct Prober {
+    requests: Sender<Target>,
+    results: Receiver<Result<(), String>>,
+    wake_read: OwnedFd,
+}
+
+impl Prober {
+    pub fn start() -> std::io::Result<Prober> {
+        let (wake_read, wake_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+        let (req_tx, req_rx) = channel::<Target>();
+        let (res_tx, res_rx) = channel();
+        std::thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || {
+                for target in req_rx {
+                    if res_tx.send(probe(&target)).is_err() {
+                        break;
+                    }
+                    let _ = nix::unistd::write(&wake_write, b"p");
+                }
+            })?;
+        Ok(Prober {
+            requests: req_tx,
+            results: res_rx,
+            wake_read,
+        })
+    }
+
+    pub fn request(&self, target: Target) {
+        let _ = self.requests.send(target);
+    }
+
+    /// Results that arrived since the last call (drains the wake-up pipe too).
+    pub fn results(&self) -> Vec<Result<(), String>> {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = nix::unistd::read(&self.wake_read, &mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        self.results.try_iter().collect()
+    }
+}
+
+impl AsFd for Prober {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.wake_read.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judges_answers() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 36\r\n\r\n{\"healthy\":true,\"version\":\"1.18.33\"}";
+        assert_eq!(judge(ok), Ok(()));
+        let html = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<html>opencode</html>";
+        assert!(judge(html).unwrap_err().contains("not JSON"));
+        let sick = b"HTTP/1.1 200 OK\r\n\r\n{\"healthy\":false}";
+        assert!(judge(sick).is_err());
+        let auth = b"HTTP/1.1 401 Unauthorized\r\n\r\n";
+        assert_eq!(judge(auth), Err("HTTP 401".into()));
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n{\"healt\r\n9\r\nhy\":true}\r\n0\r\n\r\n";
+        assert_eq!(judge(chunked), Ok(()));
+        assert!(judge(b"garbage").is_err());
+    }
+
+    #[test]
+    fn knows_when_a_response_is_complete() {
+        assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab"));
+        assert!(complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nab"));
+        assert!(complete(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+            ("opencode:pw", "b3BlbmNvZGU6cHc="),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn wildcard_addresses_are_probed_over_loopback() {
+        let t = |h: &str| Target {
+            host: h.into(),
+            port: 1,
+            path: "/".into(),
+            timeout: Duration::from_secs(1),
+            password: None,
+        };
+        assert_eq!(t("0.0.0.0").connect_host(), "127.0.0.1");
+        assert_eq!(t("::").connect_host(), "::1");
+        assert_eq!(t("[::]").connect_host(), "::1");
+        assert_eq!(t("10.0.0.2").connect_host(), "10.0.0.2");
+    }
+
+    #[test]
+    fn probes_a_real_socket_with_basic_auth() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = [0u8; 2048];
+            let n = s.read(&mut req).unwrap();
+            let req = String::from_utf8_lossy(&req[..n]).to_string();
+            let body = "{\"healthy\":true}";
+            write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            req
+        });
+        let target = Target {
+            host: "0.0.0.0".into(),
+            port,
+            path: "/global/health".into(),
+            timeout: Duration::from_secs(5),
+            password: Some(std::sync::Arc::new(SecretString::new("pw".into()))),
+        };
+        assert_eq!(probe(&target), Ok(()));
+        let req = server.join().unwrap();
+        assert!(req.starts_with("GET /global/health HTTP/1.1\r\n"), "{req}");
+        assert!(
+            req.contains("Authorization: Basic b3BlbmNvZGU6cHc="),
+            "{req}"
+        );
+    }
+
+    #[test]
+    fn silent_server_times_out() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = Target {
+            host: "127.0.0.1".into(),
+            port,
+            path: "/".into(),
+            timeout: Duration::from_millis(300),
+            password: None,
+        };
+        let t = Instant::now();
+        assert!(probe(&target).is_err());
+        assert!(t.elapsed() < Duration::from_secs(5));
+        drop(listener);
+    }
+}

@@ -1,0 +1,243 @@
+//! Launching opencode: the service user (looked up before the fork), its environment built
+//! from an allow-list (never occ-init's secrets), the explicit `--hostname`/`--port`, and a
+//! check that the port is free before opencode would die with "Unexpected error".
+
+use std::ffi::OsString;
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::secret::SecretString;
+use crate::spawn::{Credentials, SpawnSpec};
+
+/// Variables of occ-init's environment that opencode always gets when set.
+pub const ENV_ALLOW_LIST: &[&str] = &[
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TERM",
+    "COLORTERM",
+    "NO_COLOR",
+];
+
+/// PATH for opencode when occ-init has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The account opencode runs as.
+#[derive(Debug, Clone)]
+pub struct ServiceUser {
+    pub name: String,
+    pub home: PathBuf,
+    pub shell: PathBuf,
+    pub credentials: Credentials,
+}
+
+/// Look up the service user and its supplementary groups (before any fork).
+pub fn lookup(name: &str) -> Result<ServiceUser, String> {
+    let user = nix::unistd::User::from_name(name)
+        .map_err(|e| format!("cannot look up service user {name}: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "service user {name} does not exist (create it in the image, or set service_user)"
+            )
+        })?;
+    let cname = std::ffi::CString::new(name).map_err(|_| "bad user name".to_string())?;
+    let groups = nix::unistd::getgrouplist(&cname, user.gid)
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|_| vec![user.gid.as_raw()]);
+    Ok(ServiceUser {
+        name: name.to_string(),
+        home: user.dir,
+        shell: user.shell,
+        credentials: Credentials {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups,
+        },
+    })
+}
+
+/// opencode's argv: the configured command plus `--hostname H --port P`.
+pub fn argv(cfg: &Config) -> Vec<OsString> {
+    let mut v: Vec<OsString> = cfg.command.iter().map(OsString::from).collect();
+    v.push("--hostname".into());
+    v.push(cfg.host.trim_matches(['[', ']']).into());
+    v.push("--port".into());
+    v.push(cfg.port.to_string().into());
+    v
+}
+
+/// opencode's environment: identity of the service user, the allow-list, `pass_env`, the
+/// configured `env`, and the server password when one is configured. Pure over `parent`.
+pub fn environment(
+    cfg: &Config,
+    user: &ServiceUser,
+    parent: &[(String, String)],
+    password: Option<&SecretString>,
+) -> Vec<(OsString, OsString)> {
+    let get = |k: &str| parent.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let mut env: Vec<(String, String)> = vec![
+        ("HOME".into(), user.home.display().to_string()),
+        ("USER".into(), user.name.clone()),
+        ("LOGNAME".into(), user.name.clone()),
+        ("SHELL".into(), user.shell.display().to_string()),
+        (
+            "PATH".into(),
+            get("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+        ),
+    ];
+    for name in ENV_ALLOW_LIST
+        .iter()
+        .copied()
+        .chain(cfg.pass_env.iter().map(String::as_str))
+    {
+        if crate::spawn::is_secret_env(name) {
+            continue;
+        }
+        if let Some(v) = get(name) {
+            env.retain(|(k, _)| k != name);
+            env.push((name.to_string(), v));
+        }
+    }
+    for (k, v) in &cfg.env {
+        if !crate::spawn::is_secret_env(k) {
+            env.retain(|(n, _)| n != k);
+            env.push((k.clone(), v.clone()));
+        }
+    }
+    if let Some(p) = password {
+        env.push(("OPENCODE_SERVER_PASSWORD".into(), p.expose().to_string()));
+    }
+    env.into_iter().map(|(k, v)| (k.into(), v.into())).collect()
+}
+
+/// opencode's working directory: configured, else ~/workspace when it exists, else ~.
+pub fn workdir(cfg: &Config, user: &ServiceUser) -> PathBuf {
+    if let Some(w) = &cfg.workdir {
+        return w.clone();
+    }
+    let ws = user.home.join("workspace");
+    if ws.is_dir() {
+        ws
+    } else {
+        user.home.clone()
+    }
+}
+
+/// Is something already listening on host:port? (Binding as root to find out.)
+pub fn port_in_use(host: &str, port: u16) -> bool {
+    let h = host.trim_matches(['[', ']']);
+    let addr = if h.contains(':') {
+        format!("[{h}]:{port}")
+    } else {
+        format!("{h}:{port}")
+    };
+    matches!(TcpListener::bind(&addr), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
+/// Everything needed to spawn opencode now.
+pub fn spec(cfg: &Config, user: &ServiceUser, password: Option<&SecretString>) -> SpawnSpec {
+    let parent: Vec<(String, String)> = std::env::vars().collect();
+    SpawnSpec {
+        argv: argv(cfg),
+        env: Some(environment(cfg, user, &parent, password)),
+        cwd: Some(workdir(cfg, user)),
+        credentials: Some(user.credentials.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> ServiceUser {
+        ServiceUser {
+            name: "opencoder".into(),
+            home: "/home/opencoder".into(),
+            shell: "/bin/bash".into(),
+            credentials: Credentials {
+                uid: 1001,
+                gid: 1001,
+                groups: vec![1001],
+            },
+        }
+    }
+
+    #[test]
+    fn argv_always_has_hostname_and_port() {
+        let cfg = Config {
+            host: "[::]".into(),
+            port: 4096,
+            ..Config::default()
+        };
+        let v: Vec<String> = argv(&cfg)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            v,
+            ["opencode", "serve", "--hostname", "::", "--port", "4096"]
+        );
+    }
+
+    #[test]
+    fn environment_is_an_allow_list_without_secrets() {
+        let cfg = Config {
+            pass_env: vec![
+                "ANTHROPIC_API_KEY".into(),
+                "OCC_BOOTSTRAP_PASSWORD_HASH".into(),
+            ],
+            env: [("OPENCODE_CONFIG".to_string(), "/etc/oc.json".to_string())].into(),
+            ..Config::default()
+        };
+        let parent: Vec<(String, String)> = [
+            ("PATH", "/bin"),
+            ("LANG", "C.UTF-8"),
+            ("ANTHROPIC_API_KEY", "k"),
+            ("OCC_BOOTSTRAP_PASSWORD_HASH", "$6$secret"),
+            ("OCC_BOOTSTRAP_USER", "admin"),
+            ("RANDOM_VAR", "x"),
+            ("HOME", "/root"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let env: Vec<(String, String)> = environment(&cfg, &user(), &parent, None)
+            .into_iter()
+            .map(|(k, v)| (k.into_string().unwrap(), v.into_string().unwrap()))
+            .collect();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("HOME"), Some("/home/opencoder"));
+        assert_eq!(get("USER"), Some("opencoder"));
+        assert_eq!(get("PATH"), Some("/bin"));
+        assert_eq!(get("LANG"), Some("C.UTF-8"));
+        assert_eq!(get("ANTHROPIC_API_KEY"), Some("k"));
+        assert_eq!(get("OPENCODE_CONFIG"), Some("/etc/oc.json"));
+        assert_eq!(get("RANDOM_VAR"), None);
+        assert!(
+            env.iter()
+                .all(|(k, v)| !k.starts_with("OCC_") && !v.contains("$6$")),
+            "{env:?}"
+        );
+        assert_eq!(get("OPENCODE_SERVER_PASSWORD"), None);
+        let with_pw = environment(
+            &cfg,
+            &user(),
+            &parent,
+            Some(&SecretString::new("pw".into())),
+        );
+        assert!(with_pw
+            .iter()
+            .any(|(k, v)| k == "OPENCODE_SERVER_PASSWORD" && v == "pw"));
+    }
+
+    #[test]
+    fn detects_a_busy_port() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(port_in_use("127.0.0.1", port));
+        drop(l);
+        assert!(!port_in_use("127.0.0.1", port));
+    }
+}
