@@ -8,9 +8,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::init::{ForwardTo, RunOptions};
 
-/// Default stop grace period: TERM, then this long, then KILL.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
-
 #[derive(Debug, Parser)]
 #[command(
     name = "occ-init",
@@ -21,6 +18,10 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
         Runs as the container's ENTRYPOINT: reaps every zombie, forwards signals to the \
         supervised command's process group, stops it gracefully (TERM, grace period, KILL) \
         and exits with its status (128+N when it died of signal N).\n\n\
+        Without arguments (the image's ENTRYPOINT) it restores users from the manifest, \
+        decides whether opencode may listen where it is asked to (the bind policy), then \
+        launches opencode as the service user and keeps it alive — or keeps it gated until \
+        a first user is added with `occ-init user add NAME`.\n\n\
         `occ-init run -- CMD [ARGS...]` supervises any command, like tini. A first argument \
         that is not a subcommand is run the same way, so `docker run IMAGE bash` works.",
     after_help = "Logging: OCC_LOG (or RUST_LOG) sets the level: error, warn, info (default), debug, trace.",
@@ -28,14 +29,62 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
     propagate_version = true
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub boot: BootArgs,
+
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Settings of the default start (no subcommand) and of `check`; see /etc/occ/init.toml.
+#[derive(Debug, Args, Clone, Default)]
+pub struct BootArgs {
+    /// Config file (default /etc/occ/init.toml; env OCC_CONFIG).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Address opencode listens on (default 0.0.0.0).
+    #[arg(long, value_name = "ADDR")]
+    pub host: Option<String>,
+    /// Port opencode listens on (default 3000).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Where opencode is reachable from outside (e.g. 127.0.0.1 when the host publishes locally).
+    #[arg(long, value_name = "ADDR")]
+    pub bind_address: Option<String>,
+    /// Launch opencode even when it is exposed without any user.
+    #[arg(long)]
+    pub allow_unauthenticated_network: bool,
+    /// Users manifest (default /var/lib/occ/users.toml).
+    #[arg(long = "users-file", value_name = "PATH")]
+    pub users_file: Option<PathBuf>,
+    /// Stop grace period (default 10s).
+    #[arg(long = "stop-grace", value_parser = crate::duration::parse, value_name = "DURATION")]
+    pub stop_grace: Option<Duration>,
+    /// Admin socket (default /run/occ/admin.sock).
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+}
+
+impl BootArgs {
+    pub fn overrides(&self) -> crate::config::Overrides {
+        crate::config::Overrides {
+            host: self.host.clone(),
+            port: self.port,
+            bind_address: self.bind_address.clone(),
+            allow_unauthenticated_network: self.allow_unauthenticated_network,
+            users_file: self.users_file.clone(),
+            stop_grace: self.stop_grace,
+            admin_socket: self.admin_socket.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Supervise CMD as init: reap zombies, forward signals, exit with its status.
     Run(RunArgs),
+    /// Validate config and users manifest; print the effective settings (exit 0 or 1).
+    Check(BootArgs),
     /// Manage login users (the manifest and the accounts in /etc).
     #[command(subcommand)]
     User(UserCommand),
@@ -55,18 +104,18 @@ pub enum ForwardArg {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// How long to wait after forwarding TERM/INT before killing everything that is left.
-    /// Accepts 10, 10s, 500ms, 2m.
-    #[arg(long, short = 'g', env = "OCC_STOP_GRACE", default_value = "10s",
-          value_parser = crate::duration::parse, value_name = "DURATION")]
-    pub grace: Duration,
+    /// How long to wait after forwarding TERM/INT before killing everything that is left
+    /// (10, 10s, 500ms, 2m). Default: stop_grace from config/OCC_STOP_GRACE, else 10s.
+    #[arg(long, short = 'g', value_parser = crate::duration::parse, value_name = "DURATION")]
+    pub grace: Option<Duration>,
 
     /// Send forwarded signals to the child's process group or to the child only.
     #[arg(long, value_enum, env = "OCC_FORWARD_TO", default_value_t = ForwardArg::Group, value_name = "TARGET")]
     pub forward_to: ForwardArg,
 
-    /// Users manifest to restore before starting CMD.
-    #[arg(long, env = "OCC_USERS_FILE", value_name = "PATH")]
+    /// Users manifest to restore before starting CMD (default: users_file from config /
+    /// OCC_USERS_FILE, else /var/lib/occ/users.toml).
+    #[arg(long, value_name = "PATH")]
     pub users: Option<PathBuf>,
 
     /// The command to supervise and its arguments.
@@ -177,27 +226,32 @@ pub enum UserCommand {
 impl RunArgs {
     /// `run` arguments with defaults for a bare command line (`occ-init bash`).
     pub fn for_command(command: Vec<OsString>) -> RunArgs {
-        let grace = std::env::var("OCC_STOP_GRACE")
-            .ok()
-            .and_then(|g| crate::duration::parse(&g).ok())
-            .unwrap_or(DEFAULT_GRACE);
+        let forward_to = match std::env::var("OCC_FORWARD_TO").as_deref() {
+            Ok("child") => ForwardArg::Child,
+            _ => ForwardArg::Group,
+        };
         RunArgs {
-            grace,
-            forward_to: ForwardArg::Group,
-            users: std::env::var_os("OCC_USERS_FILE").map(PathBuf::from),
+            grace: None,
+            forward_to,
+            users: None,
             command,
         }
     }
 
-    pub fn into_options(self) -> RunOptions {
+    /// Options for the run loop: flags first, then the effective config.
+    pub fn into_options(self, cfg: &crate::config::Config) -> RunOptions {
+        let mut users = crate::boot::users_config(cfg);
+        if let Some(path) = self.users {
+            users.manifest = path;
+        }
         RunOptions {
             command: self.command,
-            grace: self.grace,
+            grace: self.grace.unwrap_or(cfg.stop_grace),
             forward_to: match self.forward_to {
                 ForwardArg::Group => ForwardTo::Group,
                 ForwardArg::Child => ForwardTo::Child,
             },
-            users: self.users,
+            users,
         }
     }
 }
@@ -218,7 +272,7 @@ mod tests {
             Cli::try_parse_from(["occ-init", "run", "--grace", "3s", "--", "sleep", "1"]).unwrap();
         match cli.command {
             Some(Command::Run(args)) => {
-                assert_eq!(args.grace, Duration::from_secs(3));
+                assert_eq!(args.grace, Some(Duration::from_secs(3)));
                 assert_eq!(
                     args.command,
                     vec![OsString::from("sleep"), OsString::from("1")]

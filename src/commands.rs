@@ -6,10 +6,24 @@ use std::path::PathBuf;
 
 use crate::cli::{SecretArgs, UserCommand};
 use crate::secret::{self, SecretString};
-use crate::users::{Exposure, NewSecret, Persistence, Users, UsersConfig, UsersError};
+use crate::users::{Exposure, NewSecret, Persistence, Users, UsersError};
+
+/// The effective config for user commands; a broken config file is reported but does not
+/// block user management (defaults and environment are used instead).
+fn config() -> crate::config::Config {
+    crate::config::Config::load(None, &crate::config::Overrides::default()).unwrap_or_else(|e| {
+        eprintln!("occ-init: warning: {e}; using defaults and environment");
+        let env = std::env::vars().collect();
+        crate::config::Config::build(None, &env, &Default::default()).unwrap_or_default()
+    })
+}
 
 fn users(manifest: Option<PathBuf>) -> Users {
-    Users::new(UsersConfig::from_env(manifest))
+    let mut cfg = config();
+    if let Some(m) = manifest {
+        cfg.users_file = m;
+    }
+    Users::new(crate::boot::users_config(&cfg))
 }
 
 /// Report an error and return exit code 1.
@@ -22,6 +36,11 @@ fn report(result: Result<Persistence, UsersError>, done: &str) -> i32 {
     match result {
         Ok(p) => {
             println!("{done}");
+            // Until the admin endpoint exists, tell a running PID 1 to re-read users, so a
+            // gated opencode launches as soon as its first user exists.
+            if crate::boot::notify_running_init(&config()) {
+                println!("told the running occ-init to re-read users");
+            }
             if let Some(note) = p.note() {
                 eprintln!("occ-init: {note}");
             }
@@ -62,13 +81,13 @@ fn read_secret(name: &str, args: &SecretArgs) -> io::Result<(NewSecret, Option<S
     ))
 }
 
-/// Exposure for the last-user guard, from the environment until config exists.
+/// Exposure for the last-user guard, from the effective config.
 fn exposure() -> Exposure {
-    let address = crate::policy::address_from_env();
-    let exposed = crate::policy::parse_address(&address)
-        .map(|a| crate::policy::is_exposed(&a))
-        .unwrap_or(true);
-    Exposure { address, exposed }
+    let cfg = config();
+    Exposure {
+        address: cfg.exposure_address().to_string(),
+        exposed: cfg.exposed(),
+    }
 }
 
 pub fn user(cmd: UserCommand) -> i32 {

@@ -527,7 +527,8 @@ mod tests {
 
     #[test]
     fn errors_are_clear() {
-        let cases: &[(Option<&str>, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (
                 Some("prot = 1\n"),
                 &[],

@@ -3,6 +3,7 @@
 //! `run()` parses the command line and dispatches; every module below owns one concern.
 //! Decisions are pure functions over data (unit-tested); effects live in their own modules.
 
+pub mod boot;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -43,16 +44,25 @@ pub fn run() -> i32 {
     };
     logging::init();
     match cli.command {
-        Some(cli::Command::Run(args)) => init::run_command(args.into_options(), signals),
+        Some(cli::Command::Run(args)) => match config::Config::load(None, &Default::default()) {
+            Ok(cfg) => init::run_command(args.into_options(&cfg), signals),
+            Err(e) => {
+                log::error!("{e}");
+                EXIT_USAGE
+            }
+        },
         Some(cli::Command::User(cmd)) => commands::user(cmd),
-        Some(cli::Command::External(argv)) => {
-            init::run_command(cli::RunArgs::for_command(argv).into_options(), signals)
-        }
-        None => {
-            eprintln!(
-                "occ-init: no command given\n\nUsage: occ-init run [OPTIONS] -- CMD [ARGS...]\n\nFor more information, try '--help'."
-            );
-            EXIT_USAGE
-        }
+        Some(cli::Command::Check(args)) => boot::check(args.config.as_deref(), &args.overrides()),
+        Some(cli::Command::External(argv)) => match config::Config::load(None, &Default::default())
+        {
+            Ok(cfg) => {
+                init::run_command(cli::RunArgs::for_command(argv).into_options(&cfg), signals)
+            }
+            Err(e) => {
+                log::error!("{e}");
+                EXIT_USAGE
+            }
+        },
+        None => boot::start(cli.boot.config.clone(), cli.boot.overrides(), signals),
     }
 }

@@ -46,16 +46,6 @@ pub fn exposure_address<'a>(bind_address: Option<&'a str>, listen_host: &'a str)
     }
 }
 
-/// The address to judge from the environment, until the config file exists: `OCC_BIND_ADDRESS`,
-/// else `OCC_HOST` / `OPENCODE_HOST`, else `0.0.0.0` (opencode-cloud's default).
-pub fn address_from_env() -> String {
-    let bind = std::env::var("OCC_BIND_ADDRESS").ok();
-    let host = std::env::var("OCC_HOST")
-        .or_else(|_| std::env::var("OPENCODE_HOST"))
-        .unwrap_or_else(|_| "0.0.0.0".to_string());
-    exposure_address(bind.as_deref(), &host).to_string()
-}
-
 /// What to do with opencode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {

@@ -239,7 +239,12 @@ fn exec_failures_give_126_and_127() {
 
 #[test]
 fn usage_errors_exit_2_with_a_message() {
-    for args in [&["run"][..], &["run", "--bogus", "--", "true"], &[]] {
+    for args in [
+        &["run"][..],
+        &["run", "--bogus", "--", "true"],
+        &["--port", "x"],
+        &["user"],
+    ] {
         let mut init = Init::start(Mode::Subreaper, args);
         assert_eq!(init.exit_code(DEADLINE), 2, "{args:?}");
         assert!(!init.stderr_text().is_empty());

@@ -33,8 +33,8 @@ pub struct RunOptions {
     pub command: Vec<OsString>,
     pub grace: Duration,
     pub forward_to: ForwardTo,
-    /// Users manifest to restore before the command starts (default location when `None`).
-    pub users: Option<std::path::PathBuf>,
+    /// Where the users to restore before the command starts are.
+    pub users: crate::users::UsersConfig,
 }
 
 /// Run `opts.command` under PID-1 supervision and return occ-init's exit code.
@@ -58,12 +58,17 @@ pub fn run_command(opts: RunOptions, mask: SigSet) -> i32 {
         }
     };
     log::debug!("started {:?} as pid {child}", opts.command);
-    supervise(&mut reader, child, &opts)
+    drive(
+        &mut reader,
+        Lifecycle::new(child.as_raw(), opts.grace),
+        child,
+        opts.forward_to,
+    )
 }
 
 /// Boot-time user restore (every boot, `run` included). Never fatal: problems are logged.
 fn restore_users(opts: &RunOptions) {
-    let users = crate::users::Users::new(crate::users::UsersConfig::from_env(opts.users.clone()));
+    let users = crate::users::Users::new(opts.users.clone());
     let bootstrap = match crate::users::Bootstrap::from_env() {
         Ok(b) => b,
         Err(e) => {
@@ -106,9 +111,14 @@ pub fn become_subreaper() {
 
 /// The loop: block until a signal or the next deadline, act, reap, repeat until exit.
 /// Once the child runs nothing here returns early on an error: it is logged and the loop
-/// carries on.
-fn supervise(reader: &mut SignalReader, child: Pid, opts: &RunOptions) -> i32 {
-    let mut life = Lifecycle::new(child.as_raw(), opts.grace);
+/// carries on. Also finishes the stop sequence of the opencode supervisor.
+pub fn drive(
+    reader: &mut SignalReader,
+    mut life: Lifecycle,
+    child: Pid,
+    forward_to: ForwardTo,
+) -> i32 {
+    let grace = life.grace();
     loop {
         wait_readable(reader, life.deadline());
         let now = Instant::now();
@@ -118,11 +128,11 @@ fn supervise(reader: &mut SignalReader, child: Pid, opts: &RunOptions) -> i32 {
                     if signals::is_stop_signal(sig) && !life.is_stopping() {
                         log::info!(
                             "received {sig}, stopping (grace period {})",
-                            crate::duration::display(opts.grace)
+                            crate::duration::display(grace)
                         );
                     }
                     for action in life.on_signal(sig, now) {
-                        perform(action, child, opts.forward_to);
+                        perform(action, child, forward_to);
                     }
                 }
                 Ok(None) => break,
@@ -146,13 +156,13 @@ fn supervise(reader: &mut SignalReader, child: Pid, opts: &RunOptions) -> i32 {
             if let Action::Exit(code) = action {
                 return code;
             }
-            perform(action, child, opts.forward_to);
+            perform(action, child, forward_to);
         }
     }
 }
 
 /// Carry out one non-exit action.
-fn perform(action: Action, child: Pid, forward_to: ForwardTo) {
+pub fn perform(action: Action, child: Pid, forward_to: ForwardTo) {
     match action {
         Action::Forward(sig) => forward(sig, child, forward_to),
         Action::SignalAll(sig) => {
@@ -170,6 +180,9 @@ fn perform(action: Action, child: Pid, forward_to: ForwardTo) {
 /// Forward a signal to the child's process group (or the child). A child that left its
 /// group (setsid) still gets it directly.
 fn forward(sig: Signal, child: Pid, forward_to: ForwardTo) {
+    if child.as_raw() <= 0 {
+        return;
+    }
     let group = Pid::from_raw(-child.as_raw());
     let result = match forward_to {
         ForwardTo::Group => kill(group, sig).or_else(|e| match e {
@@ -186,6 +199,12 @@ fn forward(sig: Signal, child: Pid, forward_to: ForwardTo) {
 
 /// Block until the signalfd is readable or `deadline` passes.
 fn wait_readable(reader: &SignalReader, deadline: Option<Instant>) {
+    let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+    wait_any(&mut fds, deadline);
+}
+
+/// Block until one of `fds` is ready or `deadline` passes (EINTR and errors just return).
+pub fn wait_any(fds: &mut [PollFd], deadline: Option<Instant>) {
     let timeout = match deadline {
         None => PollTimeout::NONE,
         Some(d) => {
@@ -195,8 +214,7 @@ fn wait_readable(reader: &SignalReader, deadline: Option<Instant>) {
             PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
         }
     };
-    let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
-    match poll(&mut fds, timeout) {
+    match poll(fds, timeout) {
         Ok(_) | Err(Errno::EINTR) => {}
         Err(e) => log::warn!("poll failed: {e}"),
     }

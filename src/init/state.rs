@@ -49,6 +49,23 @@ impl Lifecycle {
         }
     }
 
+    /// Stopping with no main child left (it already exited with `code`, or never ran):
+    /// what remains gets TERM, the grace period, KILL; then exit with `code`.
+    pub fn without_child(code: i32, grace: Duration, now: Instant) -> Lifecycle {
+        Lifecycle {
+            child: 0,
+            grace,
+            child_code: Some(code),
+            stop_since: Some(now),
+            leftovers_termed: false,
+            killed_at: None,
+        }
+    }
+
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
     /// A signal arrived on PID 1's signalfd.
     pub fn on_signal(&mut self, sig: Signal, now: Instant) -> Vec<Action> {
         if sig == Signal::SIGCHLD {
@@ -239,6 +256,22 @@ mod tests {
         l.on_signal(Signal::SIGTERM, t);
         l.on_signal(Signal::SIGTERM, t + Duration::from_secs(5));
         assert_eq!(l.deadline(), Some(t + GRACE));
+    }
+
+    #[test]
+    fn without_child_exits_when_nothing_is_left() {
+        let t = Instant::now();
+        let mut l = Lifecycle::without_child(143, GRACE, t);
+        assert_eq!(l.on_tick(true, t), vec![Action::Exit(143)]);
+        let mut l = Lifecycle::without_child(0, GRACE, t);
+        assert_eq!(
+            l.on_tick(false, t),
+            vec![Action::SignalAll(Signal::SIGTERM)]
+        );
+        assert_eq!(
+            l.on_tick(false, t + GRACE),
+            vec![Action::SignalAll(Signal::SIGKILL)]
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@ fn usage() -> ! {
         "usage: occ-test-child MODE [ARGS]\n\
          modes: exit N | raise SIG | sleep SECS | ignore-term | trap-int CODE |\n\
          report-signals [--fork] | orphans N [ROUNDS] | setsid-grandchild | echo-signals FIFO |\n\
-         touch FIFO | tty"
+         touch FIFO | tty |\n\
+         fake-opencode [--behavior healthy|crash|html|slow] [--starts FILE] --hostname H --port P"
     );
     std::process::exit(64)
 }
@@ -76,6 +77,7 @@ fn main() {
                 });
             let _ = f.write_all(b"x");
         }
+        "fake-opencode" => fake_opencode(&args[2..]),
         "tty" => {
             // SAFETY: plain queries of our own process and fd 0.
             let (fg, me) = unsafe { (libc::tcgetpgrp(0), libc::getpgrp()) };
@@ -270,4 +272,84 @@ fn echo_signals(fifo: &str) -> ! {
             Err(_) => {}
         }
     }
+}
+
+/// A stand-in for `opencode serve`: answers GET /global/health with `{"healthy":true}` and
+/// every other path with HTML, like opencode. Behaviours: healthy (default), crash (exit 3
+/// after 200 ms), html (HTML everywhere, so probes fail), slow (listens after 3 s).
+/// `--starts FILE` appends "start PID UID" on every start.
+fn fake_opencode(args: &[String]) -> ! {
+    use std::io::Read;
+    let mut behavior = "healthy".to_string();
+    let (mut host, mut port) = (String::new(), 0u16);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--behavior" => behavior = it.next().cloned().unwrap_or_default(),
+            "--hostname" => host = it.next().cloned().unwrap_or_default(),
+            "--port" => port = it.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+            "--starts" => {
+                if let Some(f) = it.next() {
+                    if let Ok(mut out) = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(f)
+                    {
+                        // SAFETY: getuid has no preconditions.
+                        let _ = writeln!(out, "start {} {}", std::process::id(), unsafe {
+                            libc::getuid()
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if port == 0 {
+        eprintln!("fake-opencode: no --port given");
+        std::process::exit(2);
+    }
+    match behavior.as_str() {
+        "crash" => {
+            std::thread::sleep(Duration::from_millis(200));
+            eprintln!("fake-opencode: crashing on purpose");
+            std::process::exit(3)
+        }
+        "slow" => std::thread::sleep(Duration::from_secs(3)),
+        _ => {}
+    }
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let listener = std::net::TcpListener::bind(&addr).unwrap_or_else(|e| {
+        eprintln!("Error: Unexpected error ({e})");
+        std::process::exit(1)
+    });
+    for stream in listener.incoming() {
+        let Ok(mut s) = stream else { continue };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let req = String::from_utf8_lossy(&buf[..n]);
+        let path = req.split_whitespace().nth(1).unwrap_or("/");
+        let (ctype, body) = if path == "/global/health" && behavior != "html" {
+            (
+                "application/json",
+                "{\"healthy\":true,\"version\":\"fake\"}".to_string(),
+            )
+        } else {
+            (
+                "text/html",
+                "<!doctype html><html>fake opencode</html>".to_string(),
+            )
+        };
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+    std::process::exit(0)
 }

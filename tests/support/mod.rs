@@ -58,7 +58,11 @@ impl Init {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start occ-init");
+        Init::attach(cmd.spawn().expect("start occ-init"), mode)
+    }
+
+    /// Wrap an already started process (stdout and stderr piped).
+    pub fn attach(mut child: Child, mode: Mode) -> Init {
         let lines = pump(child.stdout.take().expect("stdout"));
         let stderr = pump(child.stderr.take().expect("stderr"));
         Init {
@@ -68,6 +72,42 @@ impl Init {
             stderr,
             stderr_seen: Vec::new(),
         }
+    }
+
+    /// Wait for a stderr (log) line containing `needle`; returns the line.
+    pub fn expect_log(&mut self, needle: &str) -> String {
+        self.expect_log_within(needle, DEADLINE)
+    }
+
+    pub fn expect_log_within(&mut self, needle: &str, limit: Duration) -> String {
+        if let Some(l) = self.stderr_seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.stderr_seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "no log line containing {needle:?} ({e:?}); log so far:\n{}",
+                    self.stderr_seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// How many log lines so far contain `needle` (after collecting what has arrived).
+    pub fn count_log(&mut self, needle: &str) -> usize {
+        self.stderr_text();
+        self.stderr_seen
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     pub fn start(mode: Mode, args: &[&str]) -> Init {

@@ -114,6 +114,48 @@ impl Sandbox {
         self.run(&all, input, env)
     }
 
+    /// Boot `occ-init ARGS` as PID 1 of the sandbox (stdin closed), for supervision tests.
+    pub fn boot(&self, args: &[&str], env: &[(&str, &str)]) -> super::Init {
+        let mut all = vec![OCC_INIT];
+        all.extend_from_slice(args);
+        let mut child = self.spawn(&all, env);
+        drop(child.stdin.take());
+        super::Init::attach(child, super::Mode::Pid1)
+    }
+
+    /// `docker exec`: run `occ-init ARGS` inside the namespaces of a running sandbox PID 1.
+    pub fn exec(&self, init: &super::Init, args: &[&str], input: Option<&str>) -> Output {
+        let pid = init.init_pid().as_raw().to_string();
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["--target", &pid, "--pid", "--mount", "--", OCC_INIT])
+            .args(args)
+            .env("OCC_USERS_FILE", self.manifest())
+            .env("OCC_LEGACY_USERS_DIR", self.path("legacy"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("nsenter");
+        if let Some(mut stdin) = child.stdin.take() {
+            if let Some(data) = input {
+                let _ = stdin.write_all(data.as_bytes());
+            }
+        }
+        wait_output(child, Duration::from_secs(60))
+    }
+
+    /// Create the service user `opencoder` in the sandbox's /etc, as the image does.
+    pub fn add_service_user(&self) {
+        let out = self.run(
+            &["useradd", "-m", "-l", "-s", "/bin/bash", "opencoder"],
+            None,
+            &[],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
     /// Start a command inside the sandbox without waiting (for concurrency and kill tests).
     pub fn spawn(&self, argv: &[&str], env: &[(&str, &str)]) -> std::process::Child {
         let script = format!(
