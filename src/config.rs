@@ -578,3 +578,28 @@ mod tests {
         assert_eq!(back, c);
     }
 }
+
+#[cfg(test)]
+mod rootfs_tests {
+    use super::*;
+
+    /// The shipped rootfs/etc/occ/init.toml parses and equals the built-in defaults, and
+    /// mentions every setting (commented or not).
+    #[test]
+    fn shipped_config_is_the_defaults_and_documents_every_key() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/rootfs/etc/occ/init.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let cfg =
+            Config::build(Some((path, &text)), &BTreeMap::new(), &Overrides::default()).unwrap();
+        assert_eq!(cfg, Config::default());
+        for key in KEYS {
+            assert!(
+                text.lines().any(|l| l
+                    .trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{key} ="))
+                    || (*key == "env" && l.trim() == "[env]")),
+                "{key} is not documented in {path}"
+            );
+        }
+    }
+}

@@ -28,7 +28,7 @@ use nix::sys::signal::Signal;
 use crate::config::{Config, CrashLoopAction, RestartPolicy};
 
 /// Probe interval while opencode is starting (readiness).
-pub const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+pub const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The knobs of supervision, taken from [`Config`].
 #[derive(Debug, Clone)]
