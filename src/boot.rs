@@ -12,6 +12,8 @@ use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
 
+use crate::admin::api::RateLimiter;
+use crate::admin::server::{self as admin, LoopReply, LoopRequest, Mailbox, Shared};
 use crate::config::{Config, Overrides};
 use crate::init::signals::{self, SignalReader};
 use crate::init::state::Lifecycle;
@@ -21,7 +23,7 @@ use crate::secret::SecretString;
 use crate::supervise::probe::{Prober, Target};
 use crate::supervise::spawn as oc;
 use crate::supervise::state::{Action, Event, Settings, Supervisor};
-use crate::users::{Bootstrap, RestoreReport, Users, UsersConfig};
+use crate::users::{Bootstrap, Exposure, RestoreReport, Users, UsersConfig};
 
 /// Name of the pid file beside the admin socket, so `occ-init user …` can notify PID 1.
 pub const PID_FILE: &str = "init.pid";
@@ -36,7 +38,40 @@ pub struct Boot {
     pub decision: Decision,
     pub sv: Supervisor,
     pub started_at: Instant,
+    /// Login users present and unlocked in /etc (what PAM accepts), for policy and status.
+    pub active_users: Vec<String>,
     prober: Prober,
+    admin: Option<(Mailbox, std::sync::Arc<Shared>)>,
+}
+
+/// Users that can log in now: present in /etc and unlocked (manifest users, and managed
+/// accounts added while the manifest was read-only). Empty when the manifest is invalid.
+pub fn active_login_users(users: &Users) -> Vec<String> {
+    match users.list() {
+        Ok(rows) => rows
+            .into_iter()
+            .filter(|r| r.in_etc && !r.locked)
+            .map(|r| r.name)
+            .collect(),
+        Err(e) => {
+            log::debug!("users: {e}");
+            Vec::new()
+        }
+    }
+}
+
+fn exposure(cfg: &Config) -> Exposure {
+    Exposure {
+        address: cfg.exposure_address().to_string(),
+        exposed: cfg.exposed(),
+    }
+}
+
+fn limiter(cfg: &Config) -> RateLimiter {
+    RateLimiter::new(
+        cfg.rate_limit_attempts,
+        std::time::Duration::from_secs(cfg.rate_limit_window_seconds),
+    )
 }
 
 /// Users configuration for a loaded config.
@@ -66,12 +101,12 @@ pub fn server_password(cfg: &Config) -> Option<SecretString> {
     }
 }
 
-/// The policy facts for a config and the users restored.
-pub fn facts(cfg: &Config, report: &RestoreReport) -> policy::Facts {
+/// The policy facts for a config and the login users that exist.
+pub fn facts(cfg: &Config, active_users: &[String]) -> policy::Facts {
     policy::Facts {
         address: cfg.exposure_address().to_string(),
         exposed: cfg.exposed(),
-        authenticated: !report.active_users.is_empty() || server_password(cfg).is_some(),
+        authenticated: !active_users.is_empty() || server_password(cfg).is_some(),
         allow_unauthenticated_network: cfg.allow_unauthenticated_network,
     }
 }
@@ -125,10 +160,26 @@ impl Boot {
             None
         });
         let report = users.restore_at_boot(bootstrap);
-        let decision = policy::decide(&facts(&cfg, &report));
+        let active_users = active_login_users(&users);
+        let admin = match admin::start(
+            &cfg.admin_socket,
+            users.clone(),
+            exposure(&cfg),
+            limiter(&cfg),
+        ) {
+            Ok(a) => Some(a),
+            Err(e @ admin::AdminError::InUse(_)) => return Err(e.to_string()),
+            Err(e) => {
+                log::error!("{e}; continuing without the admin endpoint (status, health and user changes through it will fail)");
+                None
+            }
+        };
+        let decision = policy::decide(&facts(&cfg, &active_users));
         let sv = Supervisor::new(Settings::from(&cfg));
         let prober = Prober::start().map_err(|e| format!("cannot start the probe thread: {e}"))?;
         Ok(Boot {
+            active_users,
+            admin,
             config_path,
             overrides,
             cfg,
@@ -173,11 +224,106 @@ impl Boot {
             Err(e) => log::error!("configuration not reloaded, keeping the old one: {e}"),
         }
         self.report = self.users.restore_at_boot(None);
-        let decision = policy::decide(&facts(&self.cfg, &self.report));
+        if let Some((_, shared)) = &self.admin {
+            if let Ok(mut u) = shared.users.lock() {
+                *u = self.users.clone();
+            }
+            if let Ok(mut e) = shared.exposure.lock() {
+                *e = exposure(&self.cfg);
+            }
+            if let Ok(mut l) = shared.limiter.lock() {
+                *l = limiter(&self.cfg);
+            }
+        }
+        self.reevaluate();
+    }
+
+    /// Users or config changed: recompute the login users and the decision.
+    fn reevaluate(&mut self) {
+        self.active_users = active_login_users(&self.users);
+        let decision = policy::decide(&facts(&self.cfg, &self.active_users));
         if decision != self.decision {
             self.decision = decision;
             self.announce();
         }
+    }
+
+    /// The status report.
+    pub fn status(&self) -> crate::status::Status {
+        use crate::status::*;
+        let now = Instant::now();
+        Status {
+            version: crate::version::SHORT.to_string(),
+            uptime_seconds: now.duration_since(self.started_at).as_secs(),
+            opencode: Opencode {
+                state: self.sv.phase_name().to_string(),
+                ready: self.sv.is_ready(),
+                pid: self.sv.pid(),
+                uptime_seconds: self.sv.started().map(|s| now.duration_since(s).as_secs()),
+                restarts: self.sv.restarts,
+                last_exit_code: self.sv.last_exit.map(|e| e.code),
+                last_exit_seconds_ago: self
+                    .sv
+                    .last_exit
+                    .map(|e| now.duration_since(e.at).as_secs()),
+                listen: format!("{}:{}", self.cfg.host, self.cfg.port),
+                command: self.cfg.command.clone(),
+                gate_reason: match &self.decision {
+                    Decision::Gate(why) => Some(why.clone()),
+                    _ => None,
+                },
+            },
+            security: Security {
+                binding: self.cfg.exposure_address().to_string(),
+                network_exposed: self.cfg.exposed(),
+                auth_users: self.active_users.clone(),
+                server_password: server_password(&self.cfg).is_some(),
+                trust_proxy: self.cfg.trust_proxy,
+                rate_limit_attempts: self.cfg.rate_limit_attempts,
+                rate_limit_window_seconds: self.cfg.rate_limit_window_seconds,
+                allow_unauthenticated_network: self.cfg.allow_unauthenticated_network,
+            },
+            users: UsersStatus {
+                manifest: self.cfg.users_file.display().to_string(),
+                persisted: self.users.store().writable(),
+                error: self.report.manifest_error.clone(),
+            },
+        }
+    }
+
+    /// Answer what the admin server asked; returns events for the supervisor.
+    fn serve_jobs(&mut self, now: Instant, events: &mut Vec<Event>) {
+        let jobs = match &self.admin {
+            Some((mailbox, _)) => mailbox.drain(),
+            None => return,
+        };
+        for job in jobs {
+            let reply = match job.request {
+                LoopRequest::Status => Some(LoopReply::Status(Box::new(self.status()))),
+                LoopRequest::Ready => Some(LoopReply::Ready {
+                    ready: self.sv.is_ready(),
+                    state: self.sv.phase_name().to_string(),
+                }),
+                LoopRequest::Restart => Some(LoopReply::Restart(if self.sv.pid().is_some() {
+                    events.push(Event::RestartRequested);
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "opencode is not running ({})",
+                        self.sv.phase_name()
+                    ))
+                })),
+                LoopRequest::UsersChanged => {
+                    self.reevaluate();
+                    events.push(Event::Policy(self.decision.allows_launch()));
+                    None
+                }
+            };
+            if let (Some(tx), Some(reply)) = (job.reply, reply) {
+                let _ = tx.send(reply);
+            }
+        }
+        let _ = now;
     }
 
     fn probe_target(&self) -> Target {
@@ -286,10 +432,13 @@ impl Boot {
         }
         loop {
             {
-                let mut fds = [
+                let mut fds = vec![
                     PollFd::new(reader.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.prober.as_fd(), PollFlags::POLLIN),
                 ];
+                if let Some((mailbox, _)) = &self.admin {
+                    fds.push(PollFd::new(mailbox.as_fd(), PollFlags::POLLIN));
+                }
                 init::wait_any(&mut fds, self.sv.deadline());
             }
             let now = Instant::now();
@@ -334,6 +483,7 @@ impl Boot {
                 }
                 events.push(Event::Probe { ok: result.is_ok() });
             }
+            self.serve_jobs(now, &mut events);
             events.push(Event::Tick);
             for ev in events {
                 if let Some(code) = self.handle(ev, now) {
@@ -361,7 +511,14 @@ pub fn start(config_path: Option<PathBuf>, overrides: Overrides, mask: SigSet) -
             return crate::EXIT_USAGE;
         }
     };
-    boot.run(&mut reader)
+    let code = boot.run(&mut reader);
+    if boot.admin.is_some() {
+        let _ = std::fs::remove_file(&boot.cfg.admin_socket);
+    }
+    if let Some(pid_file) = pid_file(&boot.cfg) {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    code
 }
 
 /// `occ-init check`: validate config and manifest, print the effective settings.
@@ -405,14 +562,11 @@ pub fn check(config_path: Option<&Path>, overrides: &Overrides) -> i32 {
             false
         }
     };
-    let report = RestoreReport {
-        active_users: manifest
-            .as_ref()
-            .map(|m| m.active_users().map(|u| u.name.clone()).collect())
-            .unwrap_or_default(),
-        ..RestoreReport::default()
-    };
-    let decision = policy::decide(&facts(&cfg, &report));
+    let active: Vec<String> = manifest
+        .as_ref()
+        .map(|m| m.active_users().map(|u| u.name.clone()).collect())
+        .unwrap_or_default();
+    let decision = policy::decide(&facts(&cfg, &active));
     println!(
         "# binding {} [{}]: {}",
         cfg.exposure_address(),

@@ -85,6 +85,16 @@ pub enum Command {
     Run(RunArgs),
     /// Validate config and users manifest; print the effective settings (exit 0 or 1).
     Check(BootArgs),
+    /// Show opencode's state, the Security section and the users manifest (from PID 1).
+    Status {
+        /// The same data as JSON, for tools.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 when PID 1 is up and opencode is ready, 1 otherwise (for HEALTHCHECK / probes).
+    Health,
+    /// Restart opencode (TERM, grace period, KILL, start again).
+    Restart,
     /// Manage login users (the manifest and the accounts in /etc).
     #[command(subcommand)]
     User(UserCommand),

@@ -1,8 +1,11 @@
-//! The `occ-init user …` subcommands: reading secrets, calling the user operations and
-//! printing their results. Exit codes: 0 success, 1 failure (with a one-line reason).
+//! The CLI subcommands that act on a container: `user …`, `status`, `health`, `restart`.
+//! With a running PID 1 (its admin socket exists) they are requests to it; `user …` falls
+//! back to acting directly on /etc and the manifest when no occ-init is running.
+//! Exit codes: 0 success, 1 failure (with a one-line reason).
 
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::cli::{SecretArgs, UserCommand};
 use crate::secret::{self, SecretString};
@@ -90,7 +93,292 @@ fn exposure() -> Exposure {
     }
 }
 
+/// A request to the running PID 1; `None` when its socket does not exist.
+fn api(
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+    timeout: Duration,
+) -> Option<Result<(u16, serde_json::Value), String>> {
+    let socket = config().admin_socket;
+    if !socket.exists() {
+        return None;
+    }
+    let body = body.map(|b| b.to_string());
+    Some(
+        crate::admin::client::request(&socket, method, path, body.as_deref(), timeout)
+            .map_err(|e| e.to_string())
+            .map(|(status, text)| {
+                (
+                    status,
+                    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+                )
+            }),
+    )
+}
+
+/// The `error` text of an API answer.
+fn api_error(v: &serde_json::Value) -> String {
+    v.get("error")
+        .and_then(|e| e.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("request failed: {v}"))
+}
+
+/// Print an API result for a user change; 0 on 2xx.
+fn api_report(result: Result<(u16, serde_json::Value), String>, done: &str) -> i32 {
+    match result {
+        Ok((s, v)) if (200..300).contains(&s) => {
+            println!("{done}");
+            if let Some(note) = v.get("note").and_then(|n| n.as_str()) {
+                eprintln!("occ-init: {note}");
+            }
+            0
+        }
+        Ok((_, v)) => fail(api_error(&v)),
+        Err(e) => fail(e),
+    }
+}
+
+const API_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn secret_json(new: &NewSecret) -> serde_json::Value {
+    match new {
+        NewSecret::Password(p) => serde_json::json!({"password": p.expose()}),
+        NewSecret::Hash(h) => serde_json::json!({"password_hash": h.expose()}),
+    }
+}
+
+/// One request to PID 1 for status/health/restart (no direct fallback).
+fn call(method: &str, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    crate::admin::client::request(&config().admin_socket, method, path, None, timeout)
+        .map_err(|e| e.to_string())
+}
+
+/// `occ-init status [--json]`
+pub fn status(json: bool) -> i32 {
+    match call("GET", "/v1/status", Duration::from_secs(5)) {
+        Ok((200, body)) if json => {
+            println!("{body}");
+            0
+        }
+        Ok((200, body)) => match serde_json::from_str::<crate::status::Status>(&body) {
+            Ok(s) => {
+                let color = io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+                print!("{}", crate::status::render(&s, color));
+                0
+            }
+            Err(e) => fail(format!("unexpected status answer: {e}")),
+        },
+        Ok((code, body)) => fail(format!("status failed (HTTP {code}): {body}")),
+        Err(e) => fail(e),
+    }
+}
+
+/// `occ-init health`: 0 when PID 1 is up and opencode ready, answered within 2 s.
+pub fn health() -> i32 {
+    match call("GET", "/v1/ready", Duration::from_secs(2)) {
+        Ok((200, _)) => {
+            println!("ready");
+            0
+        }
+        Ok((_, body)) => {
+            let state = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.get("opencode")
+                        .and_then(|s| s.as_str())
+                        .map(str::to_string)
+                })
+                .unwrap_or(body);
+            println!("not ready: opencode is {state}");
+            1
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `occ-init restart`
+pub fn restart() -> i32 {
+    match call("POST", "/v1/opencode/restart", Duration::from_secs(5)) {
+        Ok((202, _)) => {
+            println!("restarting opencode");
+            0
+        }
+        Ok((_, body)) => fail(
+            serde_json::from_str::<serde_json::Value>(&body)
+                .map(|v| api_error(&v))
+                .unwrap_or(body),
+        ),
+        Err(e) => fail(e),
+    }
+}
+
+/// The new secret, then the API call for `add` / `passwd`.
+fn secret_call(
+    name: &str,
+    args: &SecretArgs,
+    path: &str,
+    extra: serde_json::Value,
+    done: &str,
+) -> i32 {
+    let (new, generated) = match read_secret(name, args) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let mut body = secret_json(&new);
+    if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(x.clone());
+    }
+    let code = match api("POST", path, Some(body), API_TIMEOUT) {
+        Some(r) => api_report(r, done),
+        None => fail("occ-init's admin socket went away"),
+    };
+    if let (0, Some(p)) = (code, generated) {
+        println!("generated password (shown once): {}", p.expose());
+    }
+    code
+}
+
+/// `user …` through PID 1's admin socket when it runs; `None` to act directly instead.
+fn user_via_api(cmd: &UserCommand) -> Option<i32> {
+    if !config().admin_socket.exists() {
+        return None;
+    }
+    Some(match cmd {
+        UserCommand::Add {
+            name,
+            secret: args,
+            uid,
+            ..
+        } => {
+            let mut extra = serde_json::json!({"name": name});
+            if let Some(u) = uid {
+                extra["uid"] = serde_json::json!(u);
+            }
+            secret_call(
+                name,
+                args,
+                "/v1/users",
+                extra,
+                &format!("added user {name}"),
+            )
+        }
+        UserCommand::Passwd {
+            name, secret: args, ..
+        } => secret_call(
+            name,
+            args,
+            &format!("/v1/users/{name}/password"),
+            serde_json::json!({}),
+            &format!("password changed for {name}"),
+        ),
+        UserCommand::Remove { name, force, .. } => {
+            let path = format!(
+                "/v1/users/{name}{}",
+                if *force { "?force=true" } else { "" }
+            );
+            api_report(
+                api("DELETE", &path, None, API_TIMEOUT)?,
+                &format!("removed {name} (account locked, home kept)"),
+            )
+        }
+        UserCommand::Lock { name, .. } => api_report(
+            api("POST", &format!("/v1/users/{name}/lock"), None, API_TIMEOUT)?,
+            &format!("locked {name}"),
+        ),
+        UserCommand::Unlock { name, .. } => api_report(
+            api(
+                "POST",
+                &format!("/v1/users/{name}/unlock"),
+                None,
+                API_TIMEOUT,
+            )?,
+            &format!("unlocked {name}"),
+        ),
+        UserCommand::List { json, .. } => match api("GET", "/v1/users", None, API_TIMEOUT)? {
+            Ok((200, v)) => match serde_json::from_value::<Vec<crate::users::UserInfo>>(v) {
+                Ok(rows) => print_users(rows, *json),
+                Err(e) => fail(e),
+            },
+            Ok((_, v)) => fail(api_error(&v)),
+            Err(e) => fail(e),
+        },
+        UserCommand::Verify {
+            name,
+            password_stdin,
+            ..
+        } => {
+            let Ok(password) = read_verify_password(name, *password_stdin) else {
+                return Some(fail(UsersError::AuthFailed));
+            };
+            let body = serde_json::json!({"password": password.expose()});
+            match api(
+                "POST",
+                &format!("/v1/users/{name}/verify"),
+                Some(body),
+                API_TIMEOUT,
+            )? {
+                Ok((200, _)) => {
+                    println!("ok");
+                    0
+                }
+                Ok((429, v)) => fail(api_error(&v)),
+                Ok(_) => fail(UsersError::AuthFailed),
+                Err(e) => fail(e),
+            }
+        }
+        // Manifest-level operations always act directly (then notify PID 1).
+        UserCommand::Export { .. } | UserCommand::Import { .. } | UserCommand::Sync { .. } => {
+            return None
+        }
+    })
+}
+
+fn read_verify_password(name: &str, from_stdin: bool) -> io::Result<SecretString> {
+    if from_stdin || !secret::stdin_is_tty() {
+        secret::read_line(io::stdin().lock())
+    } else {
+        secret::prompt_hidden(&format!("Password for {name}: "))
+    }
+}
+
+fn print_users(rows: Vec<crate::users::UserInfo>, json: bool) -> i32 {
+    if json {
+        return match serde_json::to_string_pretty(&rows) {
+            Ok(s) => {
+                println!("{s}");
+                0
+            }
+            Err(e) => fail(e),
+        };
+    }
+    let mut out = io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<32} {:>6}  {:<6}  {:<8}  {:<4}",
+        "NAME", "UID", "LOCKED", "MANIFEST", "ETC"
+    );
+    for r in rows {
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        let uid = r.uid.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<32} {:>6}  {:<6}  {:<8}  {:<4}",
+            r.name,
+            uid,
+            yn(r.locked),
+            yn(r.in_manifest),
+            yn(r.in_etc)
+        );
+    }
+    0
+}
+
 pub fn user(cmd: UserCommand) -> i32 {
+    if let Some(code) = user_via_api(&cmd) {
+        return code;
+    }
     match cmd {
         UserCommand::Add {
             name,
@@ -147,35 +435,7 @@ pub fn user(cmd: UserCommand) -> i32 {
             &format!("unlocked {name}"),
         ),
         UserCommand::List { json, manifest } => match users(manifest.users).list() {
-            Ok(rows) if json => match serde_json::to_string_pretty(&rows) {
-                Ok(s) => {
-                    println!("{s}");
-                    0
-                }
-                Err(e) => fail(e),
-            },
-            Ok(rows) => {
-                let mut out = io::stdout().lock();
-                let _ = writeln!(
-                    out,
-                    "{:<32} {:>6}  {:<6}  {:<8}  {:<4}",
-                    "NAME", "UID", "LOCKED", "MANIFEST", "ETC"
-                );
-                for r in rows {
-                    let yn = |b: bool| if b { "yes" } else { "no" };
-                    let uid = r.uid.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
-                    let _ = writeln!(
-                        out,
-                        "{:<32} {:>6}  {:<6}  {:<8}  {:<4}",
-                        r.name,
-                        uid,
-                        yn(r.locked),
-                        yn(r.in_manifest),
-                        yn(r.in_etc)
-                    );
-                }
-                0
-            }
+            Ok(rows) => print_users(rows, json),
             Err(e) => fail(e),
         },
         UserCommand::Verify {
@@ -183,12 +443,7 @@ pub fn user(cmd: UserCommand) -> i32 {
             password_stdin,
             manifest,
         } => {
-            let password = if password_stdin || !secret::stdin_is_tty() {
-                secret::read_line(io::stdin().lock())
-            } else {
-                secret::prompt_hidden(&format!("Password for {name}: "))
-            };
-            let Ok(password) = password else {
+            let Ok(password) = read_verify_password(&name, password_stdin) else {
                 return fail(UsersError::AuthFailed);
             };
             match users(manifest.users).verify(&name, &password) {

@@ -3,6 +3,7 @@
 //! `run()` parses the command line and dispatches; every module below owns one concern.
 //! Decisions are pure functions over data (unit-tested); effects live in their own modules.
 
+pub mod admin;
 pub mod boot;
 pub mod cli;
 pub mod commands;
@@ -14,6 +15,7 @@ pub mod manifest;
 pub mod policy;
 pub mod secret;
 pub mod spawn;
+pub mod status;
 pub mod supervise;
 pub mod users;
 pub mod version;
@@ -52,6 +54,9 @@ pub fn run() -> i32 {
             }
         },
         Some(cli::Command::User(cmd)) => commands::user(cmd),
+        Some(cli::Command::Status { json }) => commands::status(json),
+        Some(cli::Command::Health) => commands::health(),
+        Some(cli::Command::Restart) => commands::restart(),
         Some(cli::Command::Check(args)) => boot::check(args.config.as_deref(), &args.overrides()),
         Some(cli::Command::External(argv)) => match config::Config::load(None, &Default::default())
         {

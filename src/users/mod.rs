@@ -131,7 +131,7 @@ impl From<Persisted> for Persistence {
 }
 
 /// One row of `user list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct UserInfo {
     pub name: String,
     pub uid: Option<u32>,

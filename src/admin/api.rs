@@ -1,0 +1,501 @@
+//! API v1 of the admin endpoint, as pure functions: routing a request to a [`Route`],
+//! decoding JSON bodies, error bodies, and the rate limiter for password checks.
+//! Documented in docs/api/openapi.json (tests check the server against it).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::http::{Request, Response};
+use crate::secret::SecretString;
+
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Status,
+    Health,
+    Ready,
+    ListUsers,
+    AddUser {
+        name: String,
+        secret: Secret,
+        uid: Option<u32>,
+    },
+    RemoveUser {
+        name: String,
+        force: bool,
+    },
+    SetPassword {
+        name: String,
+        secret: Secret,
+    },
+    Lock {
+        name: String,
+    },
+    Unlock {
+        name: String,
+    },
+    Verify {
+        name: String,
+        password: Secret,
+    },
+    Restart,
+}
+
+/// A secret from a request body (never printed).
+#[derive(PartialEq, Eq)]
+pub enum Secret {
+    Password(String),
+    Hash(String),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Secret::Password(_) => "Password(<redacted>)",
+            Secret::Hash(_) => "Hash(<redacted>)",
+        })
+    }
+}
+
+impl Secret {
+    pub fn into_new_secret(self) -> crate::users::NewSecret {
+        match self {
+            Secret::Password(p) => crate::users::NewSecret::Password(SecretString::new(p)),
+            Secret::Hash(h) => crate::users::NewSecret::Hash(SecretString::new(h)),
+        }
+    }
+}
+
+/// An API error: HTTP status, machine code, human message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn response(&self) -> Response {
+        Response::json(
+            self.status,
+            json!({"error": self.message, "code": self.code}).to_string(),
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUserBody {
+    name: String,
+    password: Option<String>,
+    password_hash: Option<String>,
+    uid: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretBody {
+    password: Option<String>,
+    password_hash: Option<String>,
+}
+
+fn json_body<'a, T: Deserialize<'a>>(req: &'a Request) -> Result<T, ApiError> {
+    // serde_json's messages name positions and fields, never values.
+    serde_json::from_slice(&req.body)
+        .map_err(|e| ApiError::new(400, "bad_json", format!("invalid JSON body: {e}")))
+}
+
+fn secret(password: Option<String>, hash: Option<String>) -> Result<Secret, ApiError> {
+    match (password, hash) {
+        (Some(p), None) => Ok(Secret::Password(p)),
+        (None, Some(h)) => Ok(Secret::Hash(h)),
+        _ => Err(ApiError::new(
+            400,
+            "bad_json",
+            "give exactly one of password, password_hash",
+        )),
+    }
+}
+
+fn is_true(v: Option<&str>) -> bool {
+    matches!(v, Some("1") | Some("true") | Some("yes"))
+}
+
+/// Map a request to a route.
+pub fn route(req: &Request) -> Result<Route, ApiError> {
+    let segs: Vec<&str> = req.path.trim_end_matches('/').split('/').skip(1).collect();
+    let m = req.method.as_str();
+    let wrong_method = || {
+        ApiError::new(
+            405,
+            "method_not_allowed",
+            format!("{m} is not allowed on {}", req.path),
+        )
+    };
+    match segs.as_slice() {
+        ["v1", "status"] => (m == "GET")
+            .then_some(Route::Status)
+            .ok_or_else(wrong_method),
+        ["v1", "health"] => (m == "GET")
+            .then_some(Route::Health)
+            .ok_or_else(wrong_method),
+        ["v1", "ready"] => (m == "GET")
+            .then_some(Route::Ready)
+            .ok_or_else(wrong_method),
+        ["v1", "opencode", "restart"] => (m == "POST")
+            .then_some(Route::Restart)
+            .ok_or_else(wrong_method),
+        ["v1", "users"] => match m {
+            "GET" => Ok(Route::ListUsers),
+            "POST" => {
+                let b: NewUserBody = json_body(req)?;
+                Ok(Route::AddUser {
+                    name: b.name,
+                    secret: secret(b.password, b.password_hash)?,
+                    uid: b.uid,
+                })
+            }
+            _ => Err(wrong_method()),
+        },
+        ["v1", "users", name] => match m {
+            "DELETE" => Ok(Route::RemoveUser {
+                name: name.to_string(),
+                force: is_true(req.query_param("force")),
+            }),
+            _ => Err(wrong_method()),
+        },
+        ["v1", "users", name, action] => {
+            if m != "POST" {
+                return Err(wrong_method());
+            }
+            let name = name.to_string();
+            match *action {
+                "password" => {
+                    let b: SecretBody = json_body(req)?;
+                    Ok(Route::SetPassword {
+                        name,
+                        secret: secret(b.password, b.password_hash)?,
+                    })
+                }
+                "lock" => Ok(Route::Lock { name }),
+                "unlock" => Ok(Route::Unlock { name }),
+                "verify" => {
+                    let b: SecretBody = json_body(req)?;
+                    match (b.password, b.password_hash) {
+                        (Some(p), None) => Ok(Route::Verify {
+                            name,
+                            password: Secret::Password(p),
+                        }),
+                        _ => Err(ApiError::new(
+                            400,
+                            "bad_json",
+                            "verify takes {\"password\": \"...\"}",
+                        )),
+                    }
+                }
+                _ => Err(ApiError::new(
+                    404,
+                    "not_found",
+                    format!("no such resource {}", req.path),
+                )),
+            }
+        }
+        _ => Err(ApiError::new(
+            404,
+            "not_found",
+            format!("no such resource {}", req.path),
+        )),
+    }
+}
+
+/// Map a users error to an API error.
+pub fn users_error(e: &crate::users::UsersError) -> ApiError {
+    use crate::users::UsersError as E;
+    let (status, code) = match e {
+        E::NoSuchUser(_) => (404, "no_such_user"),
+        E::AlreadyExists(_) => (409, "already_exists"),
+        E::Invalid { .. } => (422, "invalid"),
+        E::LastUser(..) => (409, "last_user"),
+        E::AuthFailed => (401, "auth_failed"),
+        E::Manifest { .. } => (409, "manifest_invalid"),
+        E::Io { .. } | E::Tool { .. } | E::OutOfSync(_) => (500, "internal"),
+    };
+    ApiError::new(status, code, e.to_string())
+}
+
+/// Progressive delays once the attempts in a window are used up (seed 003).
+pub const DELAYS: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(300),
+];
+
+/// Failed password checks per key (a client or a user name) within a sliding window;
+/// once `attempts` are used up each further attempt must wait 1 s, 5 s, 30 s, then 300 s.
+#[derive(Debug)]
+pub struct RateLimiter {
+    attempts: usize,
+    window: Duration,
+    failures: HashMap<String, Vec<Instant>>,
+}
+
+impl RateLimiter {
+    pub fn new(attempts: u32, window: Duration) -> RateLimiter {
+        RateLimiter {
+            attempts: attempts.max(1) as usize,
+            window,
+            failures: HashMap::new(),
+        }
+    }
+
+    fn recent(&mut self, key: &str, now: Instant) -> &mut Vec<Instant> {
+        let window = self.window;
+        let v = self.failures.entry(key.to_string()).or_default();
+        v.retain(|t| now.duration_since(*t) < window);
+        v
+    }
+
+    /// `Err(wait)` when `key` must wait before trying again.
+    pub fn check(&mut self, key: &str, now: Instant) -> Result<(), Duration> {
+        let attempts = self.attempts;
+        let v = self.recent(key, now);
+        if v.len() < attempts {
+            return Ok(());
+        }
+        let over = v.len() - attempts;
+        let delay = DELAYS[over.min(DELAYS.len() - 1)];
+        let last = *v.last().unwrap_or(&now);
+        let ready = last + delay;
+        if now >= ready {
+            Ok(())
+        } else {
+            Err(ready - now)
+        }
+    }
+
+    pub fn failure(&mut self, key: &str, now: Instant) {
+        self.recent(key, now).push(now);
+        // Keep memory bounded whatever clients do.
+        if self.failures.len() > 10_000 {
+            self.failures.retain(|_, v| !v.is_empty());
+        }
+    }
+
+    pub fn success(&mut self, key: &str) {
+        self.failures.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str, body: &str) -> Request {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (path.to_string(), None),
+        };
+        Request {
+            method: method.into(),
+            path,
+            query,
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn routes_every_endpoint() {
+        let table: Vec<(&str, &str, &str, Route)> = vec![
+            ("GET", "/v1/status", "", Route::Status),
+            ("GET", "/v1/health", "", Route::Health),
+            ("GET", "/v1/ready/", "", Route::Ready),
+            ("GET", "/v1/users", "", Route::ListUsers),
+            (
+                "POST",
+                "/v1/users",
+                r#"{"name":"a","password":"pw"}"#,
+                Route::AddUser {
+                    name: "a".into(),
+                    secret: Secret::Password("pw".into()),
+                    uid: None,
+                },
+            ),
+            (
+                "POST",
+                "/v1/users",
+                r#"{"name":"a","password_hash":"h","uid":1500}"#,
+                Route::AddUser {
+                    name: "a".into(),
+                    secret: Secret::Hash("h".into()),
+                    uid: Some(1500),
+                },
+            ),
+            (
+                "DELETE",
+                "/v1/users/a",
+                "",
+                Route::RemoveUser {
+                    name: "a".into(),
+                    force: false,
+                },
+            ),
+            (
+                "DELETE",
+                "/v1/users/a?force=true",
+                "",
+                Route::RemoveUser {
+                    name: "a".into(),
+                    force: true,
+                },
+            ),
+            (
+                "POST",
+                "/v1/users/a/password",
+                r#"{"password":"x"}"#,
+                Route::SetPassword {
+                    name: "a".into(),
+                    secret: Secret::Password("x".into()),
+                },
+            ),
+            (
+                "POST",
+                "/v1/users/a/lock",
+                "",
+                Route::Lock { name: "a".into() },
+            ),
+            (
+                "POST",
+                "/v1/users/a/unlock",
+                "",
+                Route::Unlock { name: "a".into() },
+            ),
+            (
+                "POST",
+                "/v1/users/a/verify",
+                r#"{"password":"x"}"#,
+                Route::Verify {
+                    name: "a".into(),
+                    password: Secret::Password("x".into()),
+                },
+            ),
+            ("POST", "/v1/opencode/restart", "", Route::Restart),
+        ];
+        for (m, p, b, want) in table {
+            assert_eq!(route(&req(m, p, b)).unwrap(), want, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn errors_have_status_and_code() {
+        let table = [
+            ("GET", "/nope", "", 404, "not_found"),
+            (
+                "GET",
+                "/v1/users/a/frobnicate",
+                "",
+                405,
+                "method_not_allowed",
+            ),
+            ("POST", "/v1/users/a/frobnicate", "", 404, "not_found"),
+            ("PUT", "/v1/status", "", 405, "method_not_allowed"),
+            ("POST", "/v1/users", "not json", 400, "bad_json"),
+            ("POST", "/v1/users", r#"{"name":"a"}"#, 400, "bad_json"),
+            (
+                "POST",
+                "/v1/users",
+                r#"{"name":"a","password":"x","password_hash":"y"}"#,
+                400,
+                "bad_json",
+            ),
+            (
+                "POST",
+                "/v1/users",
+                r#"{"name":"a","password":"x","shell":"/bin/sh"}"#,
+                400,
+                "bad_json",
+            ),
+            (
+                "POST",
+                "/v1/users/a/verify",
+                r#"{"password_hash":"x"}"#,
+                400,
+                "bad_json",
+            ),
+            ("GET", "/v1/users/a/lock", "", 405, "method_not_allowed"),
+        ];
+        for (m, p, b, status, code) in table {
+            let e = route(&req(m, p, b)).unwrap_err();
+            assert_eq!((e.status, e.code), (status, code), "{m} {p}");
+            let r = e.response();
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(v["code"], code);
+            assert!(v["error"].is_string());
+        }
+    }
+
+    #[test]
+    fn bad_json_errors_do_not_echo_secrets() {
+        let e = route(&req(
+            "POST",
+            "/v1/users",
+            r#"{"name":"a","password":"hunter2-secret","bogus":1}"#,
+        ))
+        .unwrap_err();
+        assert!(!e.message.contains("hunter2-secret"), "{}", e.message);
+        assert!(!format!("{:?}", Secret::Password("hunter2".into())).contains("hunter2"));
+    }
+
+    #[test]
+    fn rate_limiter_allows_then_delays_progressively() {
+        let t = Instant::now();
+        let mut rl = RateLimiter::new(3, Duration::from_secs(60));
+        for i in 0..3 {
+            assert_eq!(rl.check("u", t), Ok(()), "attempt {i}");
+            rl.failure("u", t);
+        }
+        assert_eq!(rl.check("u", t), Err(Duration::from_secs(1)));
+        assert_eq!(rl.check("u", t + Duration::from_secs(1)), Ok(()));
+        rl.failure("u", t + Duration::from_secs(1));
+        assert_eq!(
+            rl.check("u", t + Duration::from_secs(1)),
+            Err(Duration::from_secs(5))
+        );
+        rl.failure("u", t + Duration::from_secs(6));
+        assert_eq!(
+            rl.check("u", t + Duration::from_secs(6)),
+            Err(Duration::from_secs(30))
+        );
+        rl.failure("u", t + Duration::from_secs(36));
+        assert_eq!(
+            rl.check("u", t + Duration::from_secs(36)),
+            Err(Duration::from_secs(300))
+        );
+        // Other keys are independent; success resets.
+        assert_eq!(rl.check("other", t), Ok(()));
+        rl.success("u");
+        assert_eq!(rl.check("u", t + Duration::from_secs(37)), Ok(()));
+    }
+
+    #[test]
+    fn failures_expire_with_the_window() {
+        let t = Instant::now();
+        let mut rl = RateLimiter::new(2, Duration::from_secs(60));
+        rl.failure("u", t);
+        rl.failure("u", t);
+        assert!(rl.check("u", t).is_err());
+        assert_eq!(rl.check("u", t + Duration::from_secs(61)), Ok(()));
+    }
+}

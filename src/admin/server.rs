@@ -1,0 +1,437 @@
+//! The admin socket inside PID 1: a root-only unix socket (directory 0700, socket 0600,
+//! peer uid checked), one thread per connection up to a cap, read/write timeouts and an
+//! overall deadline per request. User operations run here, on the connection thread, with
+//! the same code as the CLI's direct mode (serialized by the users lock); anything that
+//! needs PID 1's own state goes to its loop as a [`Job`] and waits for the reply.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::api::{self, ApiError, RateLimiter, Route};
+use super::http::{self, Response};
+use crate::status::Status;
+use crate::users::{Exposure, Users};
+
+/// Concurrent connections served at once; more get 503 at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Per-read/per-write timeout on a connection.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Overall time a client has to send its whole request.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a connection waits for PID 1's loop to answer.
+pub const LOOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the server asks of PID 1's loop.
+#[derive(Debug)]
+pub enum LoopRequest {
+    Status,
+    Ready,
+    Restart,
+    /// Users changed: re-evaluate the bind policy (no reply needed).
+    UsersChanged,
+}
+
+/// PID 1's answers.
+#[derive(Debug)]
+pub enum LoopReply {
+    Status(Box<Status>),
+    Ready { ready: bool, state: String },
+    Restart(Result<(), String>),
+}
+
+pub struct Job {
+    pub request: LoopRequest,
+    pub reply: Option<Sender<LoopReply>>,
+}
+
+/// The loop's end: jobs plus a pipe that becomes readable when one arrives.
+pub struct Mailbox {
+    jobs: Receiver<Job>,
+    wake_read: OwnedFd,
+}
+
+impl Mailbox {
+    /// Jobs that arrived since the last call.
+    pub fn drain(&self) -> Vec<Job> {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = nix::unistd::read(&self.wake_read, &mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        self.jobs.try_iter().collect()
+    }
+}
+
+impl AsFd for Mailbox {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.wake_read.as_fd()
+    }
+}
+
+/// What connection threads share; PID 1's loop updates it on reload.
+pub struct Shared {
+    pub users: Mutex<Users>,
+    pub exposure: Mutex<Exposure>,
+    pub limiter: Mutex<RateLimiter>,
+    jobs: Mutex<Sender<Job>>,
+    wake_write: OwnedFd,
+    active: AtomicUsize,
+}
+
+impl Shared {
+    fn send(&self, request: LoopRequest, reply: Option<Sender<LoopReply>>) -> bool {
+        let sent = self
+            .jobs
+            .lock()
+            .map(|tx| tx.send(Job { request, reply }).is_ok())
+            .unwrap_or(false);
+        let _ = nix::unistd::write(&self.wake_write, b"j");
+        sent
+    }
+
+    fn ask(&self, request: LoopRequest) -> Result<LoopReply, ApiError> {
+        let (tx, rx) = channel();
+        if !self.send(request, Some(tx)) {
+            return Err(ApiError::new(
+                503,
+                "unavailable",
+                "occ-init's main loop is not running",
+            ));
+        }
+        rx.recv_timeout(LOOP_TIMEOUT).map_err(|_| {
+            ApiError::new(
+                503,
+                "unavailable",
+                "occ-init's main loop did not answer in time",
+            )
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("another occ-init is already serving {0}")]
+    InUse(PathBuf),
+    #[error("admin socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Bind the socket (replacing a stale one) and start the accept thread.
+pub fn start(
+    path: &Path,
+    users: Users,
+    exposure: Exposure,
+    limiter: RateLimiter,
+) -> Result<(Mailbox, Arc<Shared>), AdminError> {
+    let io_err = |source| AdminError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(AdminError::InUse(path.to_path_buf()));
+        }
+        log::debug!("removing stale admin socket {}", path.display());
+        std::fs::remove_file(path).map_err(io_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    let (wake_read, wake_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(|e| io_err(e.into()))?;
+    let (tx, rx) = channel();
+    let shared = Arc::new(Shared {
+        users: Mutex::new(users),
+        exposure: Mutex::new(exposure),
+        limiter: Mutex::new(limiter),
+        jobs: Mutex::new(tx),
+        wake_write,
+        active: AtomicUsize::new(0),
+    });
+    let accept_shared = shared.clone();
+    std::thread::Builder::new()
+        .name("admin-accept".into())
+        .spawn(move || accept_loop(listener, accept_shared))
+        .map_err(io_err)?;
+    Ok((
+        Mailbox {
+            jobs: rx,
+            wake_read,
+        },
+        shared,
+    ))
+}
+
+fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+    for stream in listener.incoming() {
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("admin: accept failed: {e}");
+                // EMFILE and friends: back off instead of spinning.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+        if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+            let _ = ApiError::new(503, "busy", "too many concurrent admin connections")
+                .response()
+                .write_to(&mut stream);
+            continue;
+        }
+        let conn_shared = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("admin-conn".into())
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                serve(&mut stream, &conn_shared);
+                conn_shared.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+            log::warn!("admin: cannot start a connection thread: {e}");
+        }
+    }
+}
+
+/// A reader that gives up once an overall deadline has passed (slow-drip clients).
+struct Deadline<'a> {
+    inner: &'a mut UnixStream,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() >= self.until {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "request deadline"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .map(|c| c.uid())
+}
+
+/// One connection: read, authorize, route, answer. Never panics the process: every error
+/// becomes a response or a closed connection.
+fn serve(stream: &mut UnixStream, shared: &Shared) {
+    let uid = peer_uid(stream);
+    let req = {
+        let mut reader = Deadline {
+            inner: stream,
+            until: Instant::now() + REQUEST_DEADLINE,
+        };
+        http::read_request(&mut reader)
+    };
+    let req = match req {
+        Ok(r) => r,
+        Err(http::HttpError::Incomplete) => {
+            let _ = ApiError::new(400, "bad_request", "incomplete request")
+                .response()
+                .write_to(stream);
+            return;
+        }
+        Err(e) => {
+            let code = if e.status() == 413 {
+                "too_large"
+            } else {
+                "bad_request"
+            };
+            let msg = match &e {
+                http::HttpError::Bad(m) => m.clone(),
+                http::HttpError::TooLarge => {
+                    format!("request larger than {} bytes", http::MAX_REQUEST)
+                }
+                http::HttpError::LengthRequired => "Content-Length required".into(),
+                http::HttpError::Incomplete => "incomplete request".into(),
+            };
+            let _ = ApiError::new(e.status(), code, msg)
+                .response()
+                .write_to(stream);
+            return;
+        }
+    };
+    let response = if uid != Some(0) {
+        ApiError::new(403, "forbidden", "the admin socket is for root only").response()
+    } else {
+        match api::route(&req) {
+            Ok(route) => handle(route, uid.unwrap_or(0), shared),
+            Err(e) => e.response(),
+        }
+    };
+    // Method and path only: bodies may hold passwords.
+    log::debug!("admin: {} {} -> {}", req.method, req.path, response.status);
+    let _ = response.write_to(stream);
+}
+
+fn ok(status: u16, v: serde_json::Value) -> Response {
+    Response::json(status, v.to_string())
+}
+
+fn users_of(shared: &Shared) -> Result<Users, ApiError> {
+    shared
+        .users
+        .lock()
+        .map(|u| u.clone())
+        .map_err(|_| ApiError::new(500, "internal", "users state unavailable"))
+}
+
+fn changed(shared: &Shared, name: &str, p: crate::users::Persistence, status: u16) -> Response {
+    shared.send(LoopRequest::UsersChanged, None);
+    ok(
+        status,
+        json!({"name": name, "persistence": p, "note": p.note()}),
+    )
+}
+
+fn handle(route: Route, uid: u32, shared: &Shared) -> Response {
+    let result: Result<Response, ApiError> = (|| match route {
+        Route::Health => match shared.ask(LoopRequest::Ready)? {
+            LoopReply::Ready { state, .. } => {
+                Ok(ok(200, json!({"alive": true, "opencode": state})))
+            }
+            _ => Err(ApiError::new(500, "internal", "unexpected reply")),
+        },
+        Route::Ready => match shared.ask(LoopRequest::Ready)? {
+            LoopReply::Ready { ready, state } => Ok(ok(
+                if ready { 200 } else { 503 },
+                json!({"ready": ready, "opencode": state}),
+            )),
+            _ => Err(ApiError::new(500, "internal", "unexpected reply")),
+        },
+        Route::Status => match shared.ask(LoopRequest::Status)? {
+            LoopReply::Status(s) => Ok(Response::json(
+                200,
+                serde_json::to_string(&s).unwrap_or_default(),
+            )),
+            _ => Err(ApiError::new(500, "internal", "unexpected reply")),
+        },
+        Route::Restart => match shared.ask(LoopRequest::Restart)? {
+            LoopReply::Restart(Ok(())) => Ok(ok(202, json!({"restarting": true}))),
+            LoopReply::Restart(Err(why)) => Err(ApiError::new(409, "not_running", why)),
+            _ => Err(ApiError::new(500, "internal", "unexpected reply")),
+        },
+        Route::ListUsers => {
+            let rows = users_of(shared)?.list().map_err(|e| api::users_error(&e))?;
+            Ok(Response::json(
+                200,
+                serde_json::to_string(&rows).unwrap_or_default(),
+            ))
+        }
+        Route::AddUser {
+            name,
+            secret,
+            uid: new_uid,
+        } => {
+            let p = users_of(shared)?
+                .add(&name, secret.into_new_secret(), new_uid)
+                .map_err(|e| api::users_error(&e))?;
+            Ok(changed(shared, &name, p, 201))
+        }
+        Route::RemoveUser { name, force } => {
+            let exposure = shared
+                .exposure
+                .lock()
+                .map(|e| e.clone())
+                .map_err(|_| ApiError::new(500, "internal", "state"))?;
+            let p = users_of(shared)?
+                .remove(&name, force, &exposure)
+                .map_err(|e| api::users_error(&e))?;
+            Ok(changed(shared, &name, p, 200))
+        }
+        Route::SetPassword { name, secret } => {
+            let p = users_of(shared)?
+                .set_password(&name, secret.into_new_secret())
+                .map_err(|e| api::users_error(&e))?;
+            Ok(changed(shared, &name, p, 200))
+        }
+        Route::Lock { name } => {
+            let p = users_of(shared)?
+                .set_locked(&name, true)
+                .map_err(|e| api::users_error(&e))?;
+            Ok(changed(shared, &name, p, 200))
+        }
+        Route::Unlock { name } => {
+            let p = users_of(shared)?
+                .set_locked(&name, false)
+                .map_err(|e| api::users_error(&e))?;
+            Ok(changed(shared, &name, p, 200))
+        }
+        Route::Verify { name, password } => verify(shared, uid, &name, password),
+    })();
+    result.unwrap_or_else(|e| e.response())
+}
+
+/// PAM check behind the rate limiter (per client uid and per user name).
+fn verify(
+    shared: &Shared,
+    uid: u32,
+    name: &str,
+    password: api::Secret,
+) -> Result<Response, ApiError> {
+    let keys = [format!("client:{uid}"), format!("user:{name}")];
+    {
+        let mut rl = shared
+            .limiter
+            .lock()
+            .map_err(|_| ApiError::new(500, "internal", "limiter"))?;
+        let now = Instant::now();
+        let wait = keys.iter().filter_map(|k| rl.check(k, now).err()).max();
+        if let Some(wait) = wait {
+            let secs = wait.as_secs_f64().ceil() as u64;
+            let mut r = ApiError::new(
+                429,
+                "rate_limited",
+                format!("too many failed attempts; retry in {secs}s"),
+            )
+            .response();
+            r.headers.push(("Retry-After".into(), secs.to_string()));
+            return Ok(r);
+        }
+    }
+    let api::Secret::Password(p) = password else {
+        return Err(ApiError::new(400, "bad_json", "verify takes a password"));
+    };
+    let secret = crate::secret::SecretString::new(p);
+    let result = users_of(shared)?.verify(name, &secret);
+    let mut rl = shared
+        .limiter
+        .lock()
+        .map_err(|_| ApiError::new(500, "internal", "limiter"))?;
+    match result {
+        Ok(()) => {
+            for k in &keys {
+                rl.success(k);
+            }
+            Ok(ok(200, json!({"ok": true})))
+        }
+        Err(e) => {
+            let now = Instant::now();
+            for k in &keys {
+                rl.failure(k, now);
+            }
+            Err(api::users_error(&e))
+        }
+    }
+}

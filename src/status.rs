@@ -1,0 +1,241 @@
+//! The status report: one struct that PID 1 fills in, rendered as JSON for tools or as text
+//! for people (with the Security section the host CLI shows).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub opencode: Opencode,
+    pub security: Security,
+    pub users: UsersStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Opencode {
+    /// gated, starting, ready, unhealthy, restarting, backoff, stopped
+    pub state: String,
+    pub ready: bool,
+    pub pid: Option<i32>,
+    pub uptime_seconds: Option<u64>,
+    pub restarts: u32,
+    pub last_exit_code: Option<i32>,
+    pub last_exit_seconds_ago: Option<u64>,
+    pub listen: String,
+    pub command: Vec<String>,
+    /// Why opencode is gated, when it is.
+    pub gate_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Security {
+    pub binding: String,
+    pub network_exposed: bool,
+    pub auth_users: Vec<String>,
+    pub server_password: bool,
+    pub trust_proxy: bool,
+    pub rate_limit_attempts: u32,
+    pub rate_limit_window_seconds: u64,
+    pub allow_unauthenticated_network: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsersStatus {
+    pub manifest: String,
+    pub persisted: bool,
+    /// The manifest's problem, when it was refused.
+    pub error: Option<String>,
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+/// The report for people. `color` adds ANSI colours (only on a terminal without NO_COLOR).
+pub fn render(s: &Status, color: bool) -> String {
+    let paint = |code: &str, t: &str| {
+        if color {
+            format!("\x1b[{code}m{t}\x1b[0m")
+        } else {
+            t.to_string()
+        }
+    };
+    let green = |t: &str| paint("32", t);
+    let yellow = |t: &str| paint("33", t);
+    let red = |t: &str| paint("1;31", t);
+    let mut out = String::new();
+    let o = &s.opencode;
+    out.push_str(&format!(
+        "occ-init {} (up {})\n\nopencode\n--------\n",
+        s.version,
+        ago(s.uptime_seconds)
+    ));
+    let state = match o.state.as_str() {
+        "ready" => green("ready"),
+        "gated" | "stopped" => red(&o.state),
+        other => yellow(other),
+    };
+    let mut line = format!("State:       {state}");
+    if let Some(pid) = o.pid {
+        line.push_str(&format!(" (pid {pid}"));
+        if let Some(up) = o.uptime_seconds {
+            line.push_str(&format!(", up {}", ago(up)));
+        }
+        line.push(')');
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out.push_str(&format!("Listen:      {}\n", o.listen));
+    out.push_str(&format!(
+        "Health:      {}\n",
+        if o.ready {
+            green("healthy")
+        } else {
+            yellow("not ready")
+        }
+    ));
+    let last = match (o.last_exit_code, o.last_exit_seconds_ago) {
+        (Some(c), Some(a)) => format!(" (last exit: status {c}, {} ago)", ago(a)),
+        _ => String::new(),
+    };
+    out.push_str(&format!("Restarts:    {}{last}\n", o.restarts));
+    if let Some(why) = &o.gate_reason {
+        out.push_str(&format!("Gate:        {}\n", red("CLOSED")));
+        out.push_str(&format!("             {why}\n"));
+    }
+    let sec = &s.security;
+    out.push_str("\nSecurity\n--------\n");
+    let badge = if sec.network_exposed {
+        yellow("[NETWORK EXPOSED]")
+    } else {
+        green("[LOCAL ONLY]")
+    };
+    out.push_str(&format!("Binding:     {} {badge}\n", sec.binding));
+    let users = if sec.auth_users.is_empty() {
+        yellow("None configured")
+    } else {
+        sec.auth_users.join(", ")
+    };
+    out.push_str(&format!("Auth users:  {users}\n"));
+    if sec.server_password {
+        out.push_str("Server pw:   set (OPENCODE_SERVER_PASSWORD from file)\n");
+    }
+    out.push_str(&format!(
+        "Trust proxy: {}\n",
+        if sec.trust_proxy { "yes" } else { "no" }
+    ));
+    out.push_str(&format!(
+        "Rate limit:  {} attempts / {}s window\n",
+        sec.rate_limit_attempts, sec.rate_limit_window_seconds
+    ));
+    out.push_str(&format!(
+        "\nUsers manifest: {} ({})\n",
+        s.users.manifest,
+        if s.users.persisted {
+            "changes persist".to_string()
+        } else {
+            yellow("not persisted: manifest is read-only")
+        }
+    ));
+    if let Some(e) = &s.users.error {
+        out.push_str(&format!("Manifest error: {}\n", red(e)));
+    }
+    if sec.network_exposed && sec.auth_users.is_empty() && !sec.server_password {
+        out.push_str(&format!(
+            "\n{}\nAdd users: docker exec <container> occ-init user add NAME\n",
+            red("Warning: Network exposed without authentication!")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            version: "0.1.0".into(),
+            uptime_seconds: 75,
+            opencode: Opencode {
+                state: "gated".into(),
+                ready: false,
+                pid: None,
+                uptime_seconds: None,
+                restarts: 0,
+                last_exit_code: None,
+                last_exit_seconds_ago: None,
+                listen: "0.0.0.0:3000".into(),
+                command: vec!["opencode".into(), "serve".into()],
+                gate_reason: Some("no user".into()),
+            },
+            security: Security {
+                binding: "0.0.0.0".into(),
+                network_exposed: true,
+                auth_users: vec![],
+                server_password: false,
+                trust_proxy: false,
+                rate_limit_attempts: 5,
+                rate_limit_window_seconds: 60,
+                allow_unauthenticated_network: false,
+            },
+            users: UsersStatus {
+                manifest: "/var/lib/occ/users.toml".into(),
+                persisted: true,
+                error: None,
+            },
+        }
+    }
+
+    #[test]
+    fn security_section_uses_the_seed_wording() {
+        let text = render(&sample(), false);
+        for want in [
+            "Security\n--------\n",
+            "Binding:     0.0.0.0 [NETWORK EXPOSED]",
+            "Auth users:  None configured",
+            "Trust proxy: no",
+            "Rate limit:  5 attempts / 60s window",
+            "Warning: Network exposed without authentication!",
+            "Add users: docker exec <container> occ-init user add NAME",
+            "State:       gated",
+            "(changes persist)",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn local_with_users_has_no_warning() {
+        let mut s = sample();
+        s.security.binding = "127.0.0.1".into();
+        s.security.network_exposed = false;
+        s.security.auth_users = vec!["alice".into(), "bob".into()];
+        s.users.persisted = false;
+        s.opencode.state = "ready".into();
+        s.opencode.ready = true;
+        s.opencode.pid = Some(7);
+        s.opencode.uptime_seconds = Some(3700);
+        s.opencode.gate_reason = None;
+        let text = render(&s, true);
+        assert!(text.contains("[LOCAL ONLY]"));
+        assert!(text.contains("Auth users:  alice, bob"));
+        assert!(text.contains("(pid 7, up 1h01m)"));
+        assert!(text.contains("not persisted: manifest is read-only"));
+        assert!(!text.contains("Warning"));
+        assert!(text.contains('\x1b'));
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let s = sample();
+        let back: Status = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+}
