@@ -161,12 +161,7 @@ impl Boot {
         });
         let report = users.restore_at_boot(bootstrap);
         let active_users = active_login_users(&users);
-        let admin = match admin::start(
-            &cfg.admin_socket,
-            users.clone(),
-            exposure(&cfg),
-            limiter(&cfg),
-        ) {
+        let admin = match admin::start(&cfg.admin_socket, users.clone(), limiter(&cfg)) {
             Ok(a) => Some(a),
             Err(e @ admin::AdminError::InUse(_)) => return Err(e.to_string()),
             Err(e) => {
@@ -227,9 +222,6 @@ impl Boot {
         if let Some((_, shared)) = &self.admin {
             if let Ok(mut u) = shared.users.lock() {
                 *u = self.users.clone();
-            }
-            if let Ok(mut e) = shared.exposure.lock() {
-                *e = exposure(&self.cfg);
             }
             if let Ok(mut l) = shared.limiter.lock() {
                 *l = limiter(&self.cfg);
@@ -313,10 +305,13 @@ impl Boot {
                         self.sv.phase_name()
                     ))
                 })),
-                LoopRequest::UsersChanged => {
-                    self.reevaluate();
-                    events.push(Event::Policy(self.decision.allows_launch()));
-                    None
+                LoopRequest::User(op) => {
+                    let result = op.apply(&self.users, &exposure(&self.cfg));
+                    if result.is_ok() {
+                        self.reevaluate();
+                        events.push(Event::Policy(self.decision.allows_launch()));
+                    }
+                    Some(LoopReply::User(result))
                 }
             };
             if let (Some(tx), Some(reply)) = (job.reply, reply) {

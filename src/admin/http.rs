@@ -150,11 +150,7 @@ pub fn read_request(stream: &mut impl Read) -> Result<Request, HttpError> {
             break i;
         }
         if buf.len() > MAX_HEAD {
-            return Err(if buf.len() > MAX_REQUEST {
-                HttpError::TooLarge
-            } else {
-                HttpError::Bad("request head too large".into())
-            });
+            return Err(HttpError::TooLarge);
         }
         match stream.read(&mut chunk) {
             Ok(0) => {

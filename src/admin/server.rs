@@ -19,7 +19,7 @@ use serde_json::json;
 use super::api::{self, ApiError, RateLimiter, Route};
 use super::http::{self, Response};
 use crate::status::Status;
-use crate::users::{Exposure, Users};
+use crate::users::{Exposure, NewSecret, Persistence, Users, UsersError};
 
 /// Concurrent connections served at once; more get 503 at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -30,14 +30,59 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a connection waits for PID 1's loop to answer.
 pub const LOOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a connection waits for a user change (useradd, chpasswd) in PID 1's loop.
+pub const USER_OP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A user change for PID 1's loop to carry out.
+#[derive(Debug)]
+pub enum UserOp {
+    Add {
+        name: String,
+        secret: NewSecret,
+        uid: Option<u32>,
+    },
+    Remove {
+        name: String,
+        force: bool,
+    },
+    SetPassword {
+        name: String,
+        secret: NewSecret,
+    },
+    SetLocked {
+        name: String,
+        locked: bool,
+    },
+}
+
+impl UserOp {
+    pub fn name(&self) -> &str {
+        match self {
+            UserOp::Add { name, .. }
+            | UserOp::Remove { name, .. }
+            | UserOp::SetPassword { name, .. }
+            | UserOp::SetLocked { name, .. } => name,
+        }
+    }
+
+    /// Carry it out (in PID 1's loop).
+    pub fn apply(self, users: &Users, exposure: &Exposure) -> Result<Persistence, UsersError> {
+        match self {
+            UserOp::Add { name, secret, uid } => users.add(&name, secret, uid),
+            UserOp::Remove { name, force } => users.remove(&name, force, exposure),
+            UserOp::SetPassword { name, secret } => users.set_password(&name, secret),
+            UserOp::SetLocked { name, locked } => users.set_locked(&name, locked),
+        }
+    }
+}
+
 /// What the server asks of PID 1's loop.
 #[derive(Debug)]
 pub enum LoopRequest {
     Status,
     Ready,
     Restart,
-    /// Users changed: re-evaluate the bind policy (no reply needed).
-    UsersChanged,
+    User(UserOp),
 }
 
 /// PID 1's answers.
@@ -46,6 +91,7 @@ pub enum LoopReply {
     Status(Box<Status>),
     Ready { ready: bool, state: String },
     Restart(Result<(), String>),
+    User(Result<Persistence, UsersError>),
 }
 
 pub struct Job {
@@ -81,7 +127,6 @@ impl AsFd for Mailbox {
 /// What connection threads share; PID 1's loop updates it on reload.
 pub struct Shared {
     pub users: Mutex<Users>,
-    pub exposure: Mutex<Exposure>,
     pub limiter: Mutex<RateLimiter>,
     jobs: Mutex<Sender<Job>>,
     wake_write: OwnedFd,
@@ -100,6 +145,10 @@ impl Shared {
     }
 
     fn ask(&self, request: LoopRequest) -> Result<LoopReply, ApiError> {
+        self.ask_within(request, LOOP_TIMEOUT)
+    }
+
+    fn ask_within(&self, request: LoopRequest, timeout: Duration) -> Result<LoopReply, ApiError> {
         let (tx, rx) = channel();
         if !self.send(request, Some(tx)) {
             return Err(ApiError::new(
@@ -108,7 +157,7 @@ impl Shared {
                 "occ-init's main loop is not running",
             ));
         }
-        rx.recv_timeout(LOOP_TIMEOUT).map_err(|_| {
+        rx.recv_timeout(timeout).map_err(|_| {
             ApiError::new(
                 503,
                 "unavailable",
@@ -130,7 +179,6 @@ pub enum AdminError {
 pub fn start(
     path: &Path,
     users: Users,
-    exposure: Exposure,
     limiter: RateLimiter,
 ) -> Result<(Mailbox, Arc<Shared>), AdminError> {
     let io_err = |source| AdminError::Io {
@@ -156,7 +204,6 @@ pub fn start(
     let (tx, rx) = channel();
     let shared = Arc::new(Shared {
         users: Mutex::new(users),
-        exposure: Mutex::new(exposure),
         limiter: Mutex::new(limiter),
         jobs: Mutex::new(tx),
         wake_write,
@@ -297,12 +344,18 @@ fn users_of(shared: &Shared) -> Result<Users, ApiError> {
         .map_err(|_| ApiError::new(500, "internal", "users state unavailable"))
 }
 
-fn changed(shared: &Shared, name: &str, p: crate::users::Persistence, status: u16) -> Response {
-    shared.send(LoopRequest::UsersChanged, None);
-    ok(
-        status,
-        json!({"name": name, "persistence": p, "note": p.note()}),
-    )
+/// A user change, carried out by PID 1's loop: it spawns useradd/chpasswd, and only the
+/// thread that reaps children may wait for them (PID 1 reaps every child it sees).
+fn mutate(shared: &Shared, op: UserOp, status: u16) -> Result<Response, ApiError> {
+    let name = op.name().to_string();
+    match shared.ask_within(LoopRequest::User(op), USER_OP_TIMEOUT)? {
+        LoopReply::User(Ok(p)) => Ok(ok(
+            status,
+            json!({"name": name, "persistence": p, "note": p.note()}),
+        )),
+        LoopReply::User(Err(e)) => Err(api::users_error(&e)),
+        _ => Err(ApiError::new(500, "internal", "unexpected reply")),
+    }
 }
 
 fn handle(route: Route, uid: u32, shared: &Shared) -> Response {
@@ -343,41 +396,33 @@ fn handle(route: Route, uid: u32, shared: &Shared) -> Response {
             name,
             secret,
             uid: new_uid,
-        } => {
-            let p = users_of(shared)?
-                .add(&name, secret.into_new_secret(), new_uid)
-                .map_err(|e| api::users_error(&e))?;
-            Ok(changed(shared, &name, p, 201))
-        }
-        Route::RemoveUser { name, force } => {
-            let exposure = shared
-                .exposure
-                .lock()
-                .map(|e| e.clone())
-                .map_err(|_| ApiError::new(500, "internal", "state"))?;
-            let p = users_of(shared)?
-                .remove(&name, force, &exposure)
-                .map_err(|e| api::users_error(&e))?;
-            Ok(changed(shared, &name, p, 200))
-        }
-        Route::SetPassword { name, secret } => {
-            let p = users_of(shared)?
-                .set_password(&name, secret.into_new_secret())
-                .map_err(|e| api::users_error(&e))?;
-            Ok(changed(shared, &name, p, 200))
-        }
-        Route::Lock { name } => {
-            let p = users_of(shared)?
-                .set_locked(&name, true)
-                .map_err(|e| api::users_error(&e))?;
-            Ok(changed(shared, &name, p, 200))
-        }
-        Route::Unlock { name } => {
-            let p = users_of(shared)?
-                .set_locked(&name, false)
-                .map_err(|e| api::users_error(&e))?;
-            Ok(changed(shared, &name, p, 200))
-        }
+        } => mutate(
+            shared,
+            UserOp::Add {
+                name,
+                secret: secret.into_new_secret(),
+                uid: new_uid,
+            },
+            201,
+        ),
+        Route::RemoveUser { name, force } => mutate(shared, UserOp::Remove { name, force }, 200),
+        Route::SetPassword { name, secret } => mutate(
+            shared,
+            UserOp::SetPassword {
+                name,
+                secret: secret.into_new_secret(),
+            },
+            200,
+        ),
+        Route::Lock { name } => mutate(shared, UserOp::SetLocked { name, locked: true }, 200),
+        Route::Unlock { name } => mutate(
+            shared,
+            UserOp::SetLocked {
+                name,
+                locked: false,
+            },
+            200,
+        ),
         Route::Verify { name, password } => verify(shared, uid, &name, password),
     })();
     result.unwrap_or_else(|e| e.response())
