@@ -9,67 +9,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::sandbox::{text, Sandbox};
-use support::{alive, eventually, Init, CHILD, DEADLINE};
+use support::sandbox::{setup, starts, text};
+use support::{alive, eventually, Init, DEADLINE};
 
 const H1: &str = "$6$abcdefgh$dTmIYmW/LpvGK/iiDSK9zlcKIRJ33.7YE9DETLAR1zX9/2./Fv6/8dFZ1tCs/Kfp//7QeoJfyRWP7XdDzP87j1";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A sandbox with the service user and a config file; returns (sandbox, port).
-fn setup(host: &str, behavior: &str, extra: &str) -> (Sandbox, u16) {
-    let mut sb = Sandbox::new();
-    sb.add_service_user();
-    let port = free_port();
-    let starts = sb.path("occ/starts.log");
-    std::fs::write(
-        sb.path("occ/init.toml"),
-        format!(
-            "command = ['{CHILD}', 'fake-opencode', '--behavior', '{behavior}', '--starts', '{}']\n\
-             host = '{host}'\nport = {port}\nadmin_socket = '{}'\n\
-             restart_backoff_initial = '200ms'\nstop_grace = '2s'\n{extra}",
-            starts.display(),
-            sb.path("run/admin.sock").display()
-        ),
-    )
-    .unwrap();
-    // The service user must be able to append to the starts log.
-    std::fs::write(&starts, "").unwrap();
-    let _ = std::process::Command::new("chmod")
-        .args(["666"])
-        .arg(&starts)
-        .status();
-    let _ = std::process::Command::new("chmod")
-        .args(["755"])
-        .arg(sb.path("occ"))
-        .status();
-    let _ = std::process::Command::new("chmod")
-        .args(["755"])
-        .arg(sb.dir.path())
-        .status();
-    sb.env.push((
-        "OCC_CONFIG".into(),
-        sb.path("occ/init.toml").display().to_string(),
-    ));
-    (sb, port)
-}
-
-fn starts(sb: &Sandbox) -> Vec<(i32, u32)> {
-    std::fs::read_to_string(sb.path("occ/starts.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?))
-        })
-        .collect()
-}
 
 /// Host pid of the running fake opencode (its own pid file entry is namespace-local).
 fn opencode_host_pid(init: &Init) -> i32 {

@@ -367,9 +367,16 @@ fn handle(route: Route, uid: u32, shared: &Shared) -> Response {
             _ => Err(ApiError::new(500, "internal", "unexpected reply")),
         },
         Route::Ready => match shared.ask(LoopRequest::Ready)? {
-            LoopReply::Ready { ready, state } => Ok(ok(
-                if ready { 200 } else { 503 },
-                json!({"ready": ready, "opencode": state}),
+            LoopReply::Ready { ready: true, state } => {
+                Ok(ok(200, json!({"ready": true, "opencode": state})))
+            }
+            LoopReply::Ready {
+                ready: false,
+                state,
+            } => Ok(ok(
+                503,
+                json!({"ready": false, "opencode": state, "code": "not_ready",
+                       "error": format!("opencode is not ready ({state})")}),
             )),
             _ => Err(ApiError::new(500, "internal", "unexpected reply")),
         },

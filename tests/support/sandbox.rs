@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::OCC_INIT;
+use super::{CHILD, OCC_INIT};
 
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
@@ -268,4 +268,61 @@ pub fn text(out: &Output) -> String {
 pub fn until(limit: Duration) -> impl Fn() -> bool {
     let end = Instant::now() + limit;
     move || Instant::now() < end
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A sandbox with the service user and a config file; returns (sandbox, port).
+pub fn setup(host: &str, behavior: &str, extra: &str) -> (Sandbox, u16) {
+    let mut sb = Sandbox::new();
+    sb.add_service_user();
+    let port = free_port();
+    let starts = sb.path("occ/starts.log");
+    std::fs::write(
+        sb.path("occ/init.toml"),
+        format!(
+            "command = ['{CHILD}', 'fake-opencode', '--behavior', '{behavior}', '--starts', '{}']\n\
+             host = '{host}'\nport = {port}\nadmin_socket = '{}'\n\
+             restart_backoff_initial = '200ms'\nstop_grace = '2s'\n{extra}",
+            starts.display(),
+            sb.path("run/admin.sock").display()
+        ),
+    )
+    .unwrap();
+    // The service user must be able to append to the starts log.
+    std::fs::write(&starts, "").unwrap();
+    let _ = std::process::Command::new("chmod")
+        .args(["666"])
+        .arg(&starts)
+        .status();
+    let _ = std::process::Command::new("chmod")
+        .args(["755"])
+        .arg(sb.path("occ"))
+        .status();
+    let _ = std::process::Command::new("chmod")
+        .args(["755"])
+        .arg(sb.dir.path())
+        .status();
+    sb.env.push((
+        "OCC_CONFIG".into(),
+        sb.path("occ/init.toml").display().to_string(),
+    ));
+    (sb, port)
+}
+
+pub fn starts(sb: &Sandbox) -> Vec<(i32, u32)> {
+    std::fs::read_to_string(sb.path("occ/starts.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?))
+        })
+        .collect()
 }
