@@ -92,7 +92,12 @@ pub enum Command {
         json: bool,
     },
     /// Exit 0 when PID 1 is up and opencode is ready, 1 otherwise (for HEALTHCHECK / probes).
-    Health,
+    Health {
+        /// Liveness only: exit 0 when PID 1 answers, even while opencode is gated or
+        /// restarting (for Kubernetes livenessProbe, so a gated pod is not restart-looped).
+        #[arg(long)]
+        live: bool,
+    },
     /// Restart opencode (TERM, grace period, KILL, start again).
     Restart,
     /// Manage login users (the manifest and the accounts in /etc).

@@ -175,11 +175,13 @@ pub fn status(json: bool) -> i32 {
     }
 }
 
-/// `occ-init health`: 0 when PID 1 is up and opencode ready, answered within 2 s.
-pub fn health() -> i32 {
-    match call("GET", "/v1/ready", Duration::from_secs(2)) {
+/// `occ-init health [--live]`: 0 when PID 1 is up and opencode ready (or, with `--live`,
+/// when PID 1 answers at all), within 2 s.
+pub fn health(live: bool) -> i32 {
+    let path = if live { "/v1/health" } else { "/v1/ready" };
+    match call("GET", path, Duration::from_secs(2)) {
         Ok((200, _)) => {
-            println!("ready");
+            println!("{}", if live { "alive" } else { "ready" });
             0
         }
         Ok((_, body)) => {
