@@ -32,8 +32,16 @@ fn json_array(rest: &str) -> Vec<String> {
 fn assert_real_command(argv: &[String]) {
     let name = Path::new(&argv[0]).file_name().unwrap().to_str().unwrap();
     assert_eq!(name, "occ-init", "{argv:?}");
-    let out = Command::new(support::OCC_INIT).args(&argv[1..]).arg("--help").output().unwrap();
-    assert!(out.status.success(), "{argv:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(support::OCC_INIT)
+        .args(&argv[1..])
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -48,21 +56,38 @@ fn containerfile_copies_existing_paths_and_names_real_commands() {
             }
             let parts: Vec<&str> = rest.split_whitespace().collect();
             for src in &parts[..parts.len() - 1] {
-                assert!(Path::new(ROOT).join(src).exists(), "COPY source {src} does not exist");
+                assert!(
+                    Path::new(ROOT).join(src).exists(),
+                    "COPY source {src} does not exist"
+                );
                 copies += 1;
             }
         }
     }
-    assert!(copies >= 5, "expected the crate sources and rootfs/ to be copied");
-    let entry = ins.iter().find_map(|i| i.strip_prefix("ENTRYPOINT ")).expect("ENTRYPOINT");
+    assert!(
+        copies >= 5,
+        "expected the crate sources and rootfs/ to be copied"
+    );
+    let entry = ins
+        .iter()
+        .find_map(|i| i.strip_prefix("ENTRYPOINT "))
+        .expect("ENTRYPOINT");
     let entry = json_array(entry);
     assert_eq!(entry, vec!["/usr/local/bin/occ-init"]);
-    assert!(ins.iter().any(|i| i.contains("COPY --from=build /src/target/release/occ-init /usr/local/bin/occ-init")));
-    let health = ins.iter().find_map(|i| i.strip_prefix("HEALTHCHECK ")).expect("HEALTHCHECK");
+    assert!(ins
+        .iter()
+        .any(|i| i
+            .contains("COPY --from=build /src/target/release/occ-init /usr/local/bin/occ-init")));
+    let health = ins
+        .iter()
+        .find_map(|i| i.strip_prefix("HEALTHCHECK "))
+        .expect("HEALTHCHECK");
     let cmd = json_array(&health[health.find("CMD ").expect("CMD") + 4..]);
     assert_real_command(&cmd);
     assert!(ins.iter().any(|i| i == "STOPSIGNAL SIGTERM"));
-    assert!(ins.iter().any(|i| i.starts_with("VOLUME") && i.contains("/var/lib/occ")));
+    assert!(ins
+        .iter()
+        .any(|i| i.starts_with("VOLUME") && i.contains("/var/lib/occ")));
     assert!(ins.iter().any(|i| i.starts_with("FROM ubuntu:24.04")));
     // The default port matches the config default.
     let cfg = occ_init::config::Config::default();
@@ -71,16 +96,25 @@ fn containerfile_copies_existing_paths_and_names_real_commands() {
 
 #[test]
 fn rootfs_has_what_the_image_relies_on() {
-    for f in ["rootfs/etc/occ/init.toml", "rootfs/etc/pam.d/opencode", "rootfs/etc/occ/users.example.toml"] {
+    for f in [
+        "rootfs/etc/occ/init.toml",
+        "rootfs/etc/pam.d/opencode",
+        "rootfs/etc/occ/users.example.toml",
+    ] {
         assert!(Path::new(ROOT).join(f).is_file(), "{f}");
     }
     // The example manifest is valid (against an empty system).
     let facts = occ_init::manifest::SystemFacts::with_reserved(["opencoder", "ubuntu"]);
-    occ_init::manifest::load(&read("rootfs/etc/occ/users.example.toml"), &facts).expect("example manifest is valid");
+    occ_init::manifest::load(&read("rootfs/etc/occ/users.example.toml"), &facts)
+        .expect("example manifest is valid");
     // pam_unix for both auth and account, as opencode-cloud's service file.
     let pam = read("rootfs/etc/pam.d/opencode");
-    assert!(pam.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["auth", "required", "pam_unix.so"]));
-    assert!(pam.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["account", "required", "pam_unix.so"]));
+    assert!(pam
+        .lines()
+        .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["auth", "required", "pam_unix.so"]));
+    assert!(pam.lines().any(
+        |l| l.split_whitespace().collect::<Vec<_>>() == ["account", "required", "pam_unix.so"]
+    ));
 }
 
 #[test]
@@ -100,8 +134,14 @@ fn kubernetes_probes_and_grace_match_occ_init() {
         .expect("terminationGracePeriodSeconds")
         .parse()
         .unwrap();
-    assert!(grace > occ_init::config::Config::default().stop_grace.as_secs(), "kubelet would kill before occ-init's grace ends");
-    assert!(text.contains("readOnly: true"), "users from a read-only Secret");
+    assert!(
+        grace > occ_init::config::Config::default().stop_grace.as_secs(),
+        "kubelet would kill before occ-init's grace ends"
+    );
+    assert!(
+        text.contains("readOnly: true"),
+        "users from a read-only Secret"
+    );
 }
 
 #[test]

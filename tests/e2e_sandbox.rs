@@ -17,7 +17,10 @@ const SANDBOX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/image/sandbox");
 
 fn skip() -> bool {
     if std::env::var_os("OCC_SKIP_SANDBOX_E2E").is_some() {
-        assert!(std::env::var_os("CI").is_none(), "the sandbox end-to-end test must run in CI");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the sandbox end-to-end test must run in CI"
+        );
         eprintln!("SKIPPED: OCC_SKIP_SANDBOX_E2E is set");
         return true;
     }
@@ -67,7 +70,9 @@ fn shadow_hash(state: &Path, user: &str) -> Option<String> {
 }
 
 fn state_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/sandbox").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/sandbox")
+        .join(name)
 }
 
 #[test]
@@ -81,30 +86,61 @@ fn gated_boot_first_user_pam_stop_and_restore() {
     let mut init = boot(&name, users.path(), &["--fresh"]);
     init.expect_log_within("opencode is not started", first_boot);
     let status = exec(&name, &["occ-init", "status"], None);
-    assert!(text(&status).contains("Warning: Network exposed without authentication!"), "{}", text(&status));
-    assert_eq!(exec(&name, &["occ-init", "health", "--live"], None).status.code(), Some(0));
-    assert_eq!(exec(&name, &["occ-init", "health"], None).status.code(), Some(1));
+    assert!(
+        text(&status).contains("Warning: Network exposed without authentication!"),
+        "{}",
+        text(&status)
+    );
+    assert_eq!(
+        exec(&name, &["occ-init", "health", "--live"], None)
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        exec(&name, &["occ-init", "health"], None).status.code(),
+        Some(1)
+    );
 
-    let add = exec(&name, &["occ-init", "user", "add", "alice", "--password-stdin"], Some("alice's password\n"));
+    let add = exec(
+        &name,
+        &["occ-init", "user", "add", "alice", "--password-stdin"],
+        Some("alice's password\n"),
+    );
     assert_eq!(add.status.code(), Some(0), "{}", text(&add));
     let manifest = std::fs::read_to_string(users.path().join("users.toml")).unwrap();
     assert!(manifest.contains("name = \"alice\""));
     init.expect_log_within("opencode is ready", Duration::from_secs(120));
-    assert_eq!(exec(&name, &["occ-init", "health"], None).status.code(), Some(0));
-    let verify = exec(&name, &["occ-init", "user", "verify", "alice"], Some("alice's password\n"));
+    assert_eq!(
+        exec(&name, &["occ-init", "health"], None).status.code(),
+        Some(0)
+    );
+    let verify = exec(
+        &name,
+        &["occ-init", "user", "verify", "alice"],
+        Some("alice's password\n"),
+    );
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
-    let hash = shadow_hash(&state_dir(&name), "alice").expect("alice in the container's /etc/shadow");
+    let hash =
+        shadow_hash(&state_dir(&name), "alice").expect("alice in the container's /etc/shadow");
     assert!(manifest.contains(&hash));
 
     let t = Instant::now();
     stop(&name);
     let code = init.exit_code(Duration::from_secs(60));
     assert!(code == 143 || code == 137, "exit {code}");
-    assert!(t.elapsed() < Duration::from_secs(10), "stop took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        t.elapsed()
+    );
 
     // Same container started again: alice is in sync, nothing re-created.
     let mut init = boot(&name, users.path(), &[]);
-    init.expect_log_within("users: 0 created, 0 updated, 0 locked (left the manifest), 1 unchanged", Duration::from_secs(120));
+    init.expect_log_within(
+        "users: 0 created, 0 updated, 0 locked (left the manifest), 1 unchanged",
+        Duration::from_secs(120),
+    );
     init.expect_log_within("opencode is ready", Duration::from_secs(120));
     stop(&name);
     init.exit_code(Duration::from_secs(60));
@@ -113,8 +149,15 @@ fn gated_boot_first_user_pam_stop_and_restore() {
     let mut init = boot(&name, users.path(), &["--fresh"]);
     init.expect_log_within("users: 1 created", Duration::from_secs(120));
     init.expect_log_within("opencode is ready", Duration::from_secs(120));
-    assert_eq!(shadow_hash(&state_dir(&name), "alice").as_deref(), Some(hash.as_str()));
-    let verify = exec(&name, &["occ-init", "user", "verify", "alice"], Some("alice's password\n"));
+    assert_eq!(
+        shadow_hash(&state_dir(&name), "alice").as_deref(),
+        Some(hash.as_str())
+    );
+    let verify = exec(
+        &name,
+        &["occ-init", "user", "verify", "alice"],
+        Some("alice's password\n"),
+    );
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
     stop(&name);
     init.exit_code(Duration::from_secs(60));
@@ -128,14 +171,36 @@ fn pid2_under_tini_like_compose_init_true() {
     }
     let name = format!("e2e-tini-{}", std::process::id());
     let users = tempfile::tempdir().unwrap();
-    let mut init = boot(&name, users.path(), &["--fresh", "--init", "-e", "OCC_BIND_ADDRESS=127.0.0.1", "-e", "OCC_LOG=debug"]);
+    let mut init = boot(
+        &name,
+        users.path(),
+        &[
+            "--fresh",
+            "--init",
+            "-e",
+            "OCC_BIND_ADDRESS=127.0.0.1",
+            "-e",
+            "OCC_LOG=debug",
+        ],
+    );
     init.expect_log_within("registered as child subreaper", Duration::from_secs(600));
     init.expect_log_within("opencode is ready", Duration::from_secs(120));
     let ps = exec(&name, &["ps", "-eo", "pid,comm"], None);
     let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
-    assert!(ps.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", "tini"]), "{ps}");
-    assert_eq!(exec(&name, &["occ-init", "health"], None).status.code(), Some(0));
-    assert!(!init.stderr_text().contains("warn"), "{}", init.stderr_text());
+    assert!(
+        ps.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", "tini"]),
+        "{ps}"
+    );
+    assert_eq!(
+        exec(&name, &["occ-init", "health"], None).status.code(),
+        Some(0)
+    );
+    assert!(
+        !init.stderr_text().contains("warn"),
+        "{}",
+        init.stderr_text()
+    );
     stop(&name);
     let code = init.exit_code(Duration::from_secs(60));
     assert!(code == 143 || code == 137, "exit {code}");
