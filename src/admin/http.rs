@@ -240,20 +240,24 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Client side: parse a response into status and body.
-pub fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
-    let end = find(raw, b"\r\n\r\n").ok_or("incomplete response from occ-init")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
+/// Client side: split a raw response into status code, head (status line and headers) and
+/// body. Shared by the admin client and the health probe.
+pub fn split_response(raw: &[u8]) -> Result<(u16, String, &[u8]), String> {
+    let end = find(raw, b"\r\n\r\n").ok_or("incomplete HTTP response")?;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let status = head
         .lines()
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
-        .ok_or("malformed response from occ-init")?;
-    Ok((
-        status,
-        String::from_utf8_lossy(&raw[end + 4..]).into_owned(),
-    ))
+        .ok_or("malformed HTTP status line")?;
+    Ok((status, head, &raw[end + 4..]))
+}
+
+/// Client side: parse a response into status and body text.
+pub fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
+    let (status, _, body) = split_response(raw).map_err(|e| format!("{e} from occ-init"))?;
+    Ok((status, String::from_utf8_lossy(body).into_owned()))
 }
 
 #[cfg(test)]

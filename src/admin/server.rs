@@ -5,7 +5,7 @@
 //! needs PID 1's own state goes to its loop as a [`Job`] and waits for the reply.
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ use serde_json::json;
 
 use super::api::{self, ApiError, RateLimiter, Route};
 use super::http::{self, Response};
+use crate::init::wake::{WakeReader, WakeWriter};
 use crate::status::Status;
 use crate::users::{Exposure, NewSecret, Persistence, Users, UsersError};
 
@@ -102,25 +103,20 @@ pub struct Job {
 /// The loop's end: jobs plus a pipe that becomes readable when one arrives.
 pub struct Mailbox {
     jobs: Receiver<Job>,
-    wake_read: OwnedFd,
+    wake: WakeReader,
 }
 
 impl Mailbox {
     /// Jobs that arrived since the last call.
     pub fn drain(&self) -> Vec<Job> {
-        let mut buf = [0u8; 256];
-        while let Ok(n) = nix::unistd::read(&self.wake_read, &mut buf) {
-            if n == 0 {
-                break;
-            }
-        }
+        self.wake.drain();
         self.jobs.try_iter().collect()
     }
 }
 
 impl AsFd for Mailbox {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.wake_read.as_fd()
+        self.wake.as_fd()
     }
 }
 
@@ -129,7 +125,7 @@ pub struct Shared {
     pub users: Mutex<Users>,
     pub limiter: Mutex<RateLimiter>,
     jobs: Mutex<Sender<Job>>,
-    wake_write: OwnedFd,
+    waker: WakeWriter,
     active: AtomicUsize,
 }
 
@@ -140,7 +136,7 @@ impl Shared {
             .lock()
             .map(|tx| tx.send(Job { request, reply }).is_ok())
             .unwrap_or(false);
-        let _ = nix::unistd::write(&self.wake_write, b"j");
+        self.waker.wake();
         sent
     }
 
@@ -198,15 +194,13 @@ pub fn start(
     }
     let listener = UnixListener::bind(path).map_err(io_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
-    let (wake_read, wake_write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-            .map_err(|e| io_err(e.into()))?;
+    let (wake, waker) = crate::init::wake::pair().map_err(io_err)?;
     let (tx, rx) = channel();
     let shared = Arc::new(Shared {
         users: Mutex::new(users),
         limiter: Mutex::new(limiter),
         jobs: Mutex::new(tx),
-        wake_write,
+        waker,
         active: AtomicUsize::new(0),
     });
     let accept_shared = shared.clone();
@@ -214,13 +208,7 @@ pub fn start(
         .name("admin-accept".into())
         .spawn(move || accept_loop(listener, accept_shared))
         .map_err(io_err)?;
-    Ok((
-        Mailbox {
-            jobs: rx,
-            wake_read,
-        },
-        shared,
-    ))
+    Ok((Mailbox { jobs: rx, wake }, shared))
 }
 
 fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {

@@ -5,6 +5,7 @@ pub mod procs;
 pub mod reap;
 pub mod signals;
 pub mod state;
+pub mod wake;
 
 use std::ffi::OsString;
 use std::os::fd::AsFd;

@@ -5,10 +5,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
+use crate::init::wake::WakeReader;
 use crate::secret::SecretString;
 
 /// Where and how to probe.
@@ -118,17 +119,11 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Judge a raw response: 200 with a JSON body whose `healthy` is `true`.
 pub fn judge(raw: &[u8]) -> Result<(), String> {
-    let end = find(raw, b"\r\n\r\n").ok_or("no HTTP header")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .ok_or("no status line")?;
-    if status != "200" {
+    let (status, head, body) = crate::admin::http::split_response(raw)?;
+    if status != 200 {
         return Err(format!("HTTP {status}"));
     }
-    let mut body = raw[end + 4..].to_vec();
+    let mut body = body.to_vec();
     if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
@@ -186,13 +181,12 @@ pub fn probe(target: &Target) -> Result<(), String> {
 pub struct Prober {
     requests: Sender<Target>,
     results: Receiver<Result<(), String>>,
-    wake_read: OwnedFd,
+    wake: WakeReader,
 }
 
 impl Prober {
     pub fn start() -> std::io::Result<Prober> {
-        let (wake_read, wake_write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+        let (wake, waker) = crate::init::wake::pair()?;
         let (req_tx, req_rx) = channel::<Target>();
         let (res_tx, res_rx) = channel();
         std::thread::Builder::new()
@@ -202,13 +196,13 @@ impl Prober {
                     if res_tx.send(probe(&target)).is_err() {
                         break;
                     }
-                    let _ = nix::unistd::write(&wake_write, b"p");
+                    waker.wake();
                 }
             })?;
         Ok(Prober {
             requests: req_tx,
             results: res_rx,
-            wake_read,
+            wake,
         })
     }
 
@@ -218,19 +212,14 @@ impl Prober {
 
     /// Results that arrived since the last call (drains the wake-up pipe too).
     pub fn results(&self) -> Vec<Result<(), String>> {
-        let mut buf = [0u8; 64];
-        while let Ok(n) = nix::unistd::read(&self.wake_read, &mut buf) {
-            if n == 0 {
-                break;
-            }
-        }
+        self.wake.drain();
         self.results.try_iter().collect()
     }
 }
 
 impl AsFd for Prober {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.wake_read.as_fd()
+        self.wake.as_fd()
     }
 }
 

@@ -372,6 +372,20 @@ impl Users {
         }
     }
 
+    /// The one read-modify-write of the manifest: under the users lock, load and validate
+    /// it, let `edit` change it, apply the result to /etc, then persist it.
+    fn change(
+        &self,
+        edit: impl FnOnce(&mut Manifest, &Accounts) -> Result<(), UsersError>,
+        retire: Option<&str>,
+    ) -> Result<Persistence, UsersError> {
+        let _lock = self.lock()?;
+        let accounts = self.accounts()?;
+        let mut m = self.load(&accounts)?;
+        edit(&mut m, &accounts)?;
+        self.commit(m, retire)
+    }
+
     /// Add a user with a plaintext password (hashed by the system) or a ready hash.
     pub fn add(
         &self,
@@ -379,49 +393,55 @@ impl Users {
         secret: NewSecret,
         uid: Option<u32>,
     ) -> Result<Persistence, UsersError> {
-        let _lock = self.lock()?;
-        let accounts = self.accounts()?;
-        let mut m = self.load(&accounts)?;
-        if m.user(name).is_some() {
-            return Err(UsersError::AlreadyExists(name.to_string()));
-        }
-        self.check_user_name(name, &accounts)?;
-        let hash = self.hash_for(name, secret, uid, &accounts)?;
-        m.users.push(User {
-            name: name.to_string(),
-            password_hash: hash,
-            locked: false,
-            uid,
-        });
-        self.commit(m)
+        self.change(
+            |m, accounts| {
+                if m.user(name).is_some() {
+                    return Err(UsersError::AlreadyExists(name.to_string()));
+                }
+                self.check_user_name(name, accounts)?;
+                let hash = self.hash_for(name, secret, uid, accounts)?;
+                m.users.push(User {
+                    name: name.to_string(),
+                    password_hash: hash,
+                    locked: false,
+                    uid,
+                });
+                Ok(())
+            },
+            None,
+        )
     }
 
     /// Change a user's password (plaintext or hash).
     pub fn set_password(&self, name: &str, secret: NewSecret) -> Result<Persistence, UsersError> {
-        let _lock = self.lock()?;
-        let accounts = self.accounts()?;
-        let mut m = self.load(&accounts)?;
-        let uid = m
-            .user(name)
-            .ok_or_else(|| UsersError::NoSuchUser(name.into()))?
-            .uid;
-        let hash = self.hash_for(name, secret, uid, &accounts)?;
-        if let Some(u) = m.user_mut(name) {
-            u.password_hash = hash;
-        }
-        self.commit(m)
+        self.change(
+            |m, accounts| {
+                let uid = m
+                    .user(name)
+                    .ok_or_else(|| UsersError::NoSuchUser(name.into()))?
+                    .uid;
+                let hash = self.hash_for(name, secret, uid, accounts)?;
+                if let Some(u) = m.user_mut(name) {
+                    u.password_hash = hash;
+                }
+                Ok(())
+            },
+            None,
+        )
     }
 
     /// Lock or unlock a user.
     pub fn set_locked(&self, name: &str, locked: bool) -> Result<Persistence, UsersError> {
-        let _lock = self.lock()?;
-        let accounts = self.accounts()?;
-        let mut m = self.load(&accounts)?;
-        let u = m
-            .user_mut(name)
-            .ok_or_else(|| UsersError::NoSuchUser(name.into()))?;
-        u.locked = locked;
-        self.commit(m)
+        self.change(
+            |m, _| {
+                let u = m
+                    .user_mut(name)
+                    .ok_or_else(|| UsersError::NoSuchUser(name.into()))?;
+                u.locked = locked;
+                Ok(())
+            },
+            None,
+        )
     }
 
     /// Remove a user from the manifest; its account is locked, never deleted, and its home
@@ -432,26 +452,21 @@ impl Users {
         force: bool,
         exposure: &Exposure,
     ) -> Result<Persistence, UsersError> {
-        let _lock = self.lock()?;
-        let accounts = self.accounts()?;
-        let mut m = self.load(&accounts)?;
-        if m.user(name).is_none() {
-            return Err(UsersError::NoSuchUser(name.into()));
-        }
-        let others_active = m.active_users().any(|u| u.name != name);
-        if exposure.exposed && !others_active && !force {
-            return Err(UsersError::LastUser(name.into(), exposure.address.clone()));
-        }
-        m.users.retain(|u| u.name != name);
-        let persistence = self.commit(m)?;
-        // An account occ-init did not create is not retired by the plan: lock it here.
-        if let Some(acct) = self.accounts()?.get(name) {
-            let current = acct.shadow.clone().unwrap_or_else(|| "!".into());
-            if !manifest::is_locked_hash(&current) {
-                apply::chpasswd_encrypted(&[(name.to_string(), plan::locked_shadow(&current))])?;
-            }
-        }
-        Ok(persistence)
+        self.change(
+            |m, _| {
+                if m.user(name).is_none() {
+                    return Err(UsersError::NoSuchUser(name.into()));
+                }
+                let others_active = m.active_users().any(|u| u.name != name);
+                if exposure.exposed && !others_active && !force {
+                    return Err(UsersError::LastUser(name.into(), exposure.address.clone()));
+                }
+                m.users.retain(|u| u.name != name);
+                Ok(())
+            },
+            // Accounts occ-init did not create are not retired by the plan: lock it too.
+            Some(name),
+        )
     }
 
     /// Replace the manifest with `text` (validated first) and restore from it.
@@ -464,16 +479,20 @@ impl Users {
                 source,
             }
         })?;
-        let persistence = self.commit(m)?;
+        let persistence = self.commit(m, None)?;
         let report = self.sync_locked()?;
         Ok((persistence, report))
     }
 
     /// Apply a changed manifest to /etc, then persist it. /etc first: if the tools fail,
     /// the manifest is left as it was.
-    fn commit(&self, m: Manifest) -> Result<Persistence, UsersError> {
+    fn commit(&self, m: Manifest, retire: Option<&str>) -> Result<Persistence, UsersError> {
         // Fresh accounts: hash_for may have just created the user.
-        let plan = plan::plan(&m, &self.accounts()?);
+        let accounts = self.accounts()?;
+        let mut plan = plan::plan(&m, &accounts);
+        if let Some(name) = retire {
+            plan::retire(&mut plan, name, &accounts);
+        }
         apply::apply(&plan)?;
         self.save(&m)
     }

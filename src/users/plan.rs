@@ -124,6 +124,21 @@ pub fn plan(manifest: &Manifest, accounts: &Accounts) -> Plan {
     p
 }
 
+/// Also lock `name` (an account occ-init did not create, removed from the manifest on
+/// request), unless it is gone, already locked, or already planned.
+pub fn retire(p: &mut Plan, name: &str, accounts: &Accounts) {
+    let Some(acct) = accounts.get(name) else {
+        return;
+    };
+    let current = acct.shadow.as_deref().unwrap_or("!");
+    if is_locked_hash(current) || p.set_shadow.iter().any(|(n, _)| n == name) {
+        return;
+    }
+    p.retired.push(name.to_string());
+    p.set_shadow
+        .push((name.to_string(), locked_shadow(current)));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +259,24 @@ mod tests {
         assert_eq!(p.retired, vec!["gone"]);
         assert_eq!(p.set_shadow, vec![("gone".into(), format!("!{SHA512}"))]);
         assert!(p.create.is_empty());
+    }
+
+    #[test]
+    fn explicit_retirement_locks_unmanaged_accounts_once() {
+        let accts = accounts(&[
+            ("hand", 1004, "Hand Made", Y),
+            ("gone", 1005, M, SHA512),
+            ("locked", 1006, "x", "!y"),
+        ]);
+        let mut p = plan(&manifest(&[]), &accts);
+        assert_eq!(p.retired, vec!["gone"]);
+        retire(&mut p, "hand", &accts);
+        retire(&mut p, "gone", &accts);
+        retire(&mut p, "locked", &accts);
+        retire(&mut p, "missing", &accts);
+        assert_eq!(p.retired, vec!["gone", "hand"]);
+        assert_eq!(p.set_shadow.len(), 2);
+        assert_eq!(p.set_shadow[1], ("hand".into(), format!("!{Y}")));
     }
 
     #[test]
