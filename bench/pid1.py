@@ -4,7 +4,7 @@
 Every init runs as PID 1 of a fresh PID namespace (unshare --pid --fork --mount-proc) over the
 same fixture (occ-test-child). Prints a Markdown table with ratios to tini:
   idle RSS        VmRSS of PID 1 while it supervises `sleep`            (median of 5)
-  reap 10k        orphans released at once -> the last one reaped       (median of 5)
+  reap 10k        orphans released at once -> the last one reaped       (median of 9, interleaved)
   reap CPU        CPU time PID 1 spent meanwhile (utime+stime, 10 ms ticks; the steadier figure)
   signal p50/p99  kill(PID 1, SIGUSR1) -> the child has it (over 1,000)
   exec->child     start of the init -> the child runs (median of 30; a row without init too)
@@ -82,22 +82,30 @@ def idle_rss(init):
     return statistics.median(samples)
 
 
-def reap_time(init, child, n=10000):
-    """Median wall time from release to the last orphan reaped, and PID 1's CPU time."""
-    samples, cpu = [], []
-    for _ in range(5):
-        p = start(init + [child, "orphans", str(n)], stdout=subprocess.PIPE, text=True)
-        try:
-            out, _ = p.communicate(timeout=300)
-        finally:
-            stop(p)
-        line = [l for l in out.splitlines() if l.startswith("all reaped in")]
-        if p.returncode != 0 or not line:
-            raise RuntimeError(f"orphans failed: rc={p.returncode} {out!r}")
-        words = line[0].replace(",", "").split()
-        samples.append(int(words[3]) / 1000.0)  # µs -> ms
-        cpu.append(int(words[7]))
-    return statistics.median(samples), statistics.median(cpu)
+def reap_once(init, child, n):
+    """One run: wall time from release to the last orphan reaped (ms), and PID 1's CPU (ms)."""
+    p = start(init + [child, "orphans", str(n)], stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = p.communicate(timeout=300)
+    finally:
+        stop(p)
+    line = [l for l in out.splitlines() if l.startswith("all reaped in")]
+    if p.returncode != 0 or not line:
+        raise RuntimeError(f"orphans failed: rc={p.returncode} {out!r}")
+    words = line[0].replace(",", "").split()
+    return int(words[3]) / 1000.0, int(words[7])
+
+
+def reap_times(inits, child, n, rounds=9):
+    """Medians over `rounds`, the inits interleaved round by round so drift hits all alike."""
+    wall = {name: [] for name in inits}
+    cpu = {name: [] for name in inits}
+    for _ in range(rounds):
+        for name, init in inits.items():
+            w, c = reap_once(init, child, n)
+            wall[name].append(w)
+            cpu[name].append(c)
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in inits}
 
 
 def signal_latency(init, child, tmp, n=1000):
@@ -170,11 +178,13 @@ def main():
     if missing:
         sys.exit(f"bench/pid1.py: missing {', '.join(missing)} (apt-get install tini dumb-init catatonit)")
     results = {}
+    print("measuring reaping (all inits interleaved)...", file=sys.stderr)
+    reaps = reap_times(inits, args.child, args.orphans)
     with tempfile.TemporaryDirectory() as tmp:
         for name, init in inits.items():
             print(f"measuring {name}...", file=sys.stderr)
             p50, p99 = signal_latency(init, args.child, tmp, args.signals)
-            reap, reap_cpu = reap_time(init, args.child, args.orphans)
+            reap, reap_cpu = reaps[name]
             results[name] = {
                 "rss": idle_rss(init),
                 "reap": reap,

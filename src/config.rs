@@ -339,6 +339,31 @@ impl Config {
         {
             return bad("health_failures", "counts must be at least 1".into());
         }
+        // Deadlines are computed as now + duration: keep them far from overflow.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        for (key, d) in [
+            ("restart_backoff_initial", self.restart_backoff_initial),
+            ("restart_backoff_max", self.restart_backoff_max),
+            ("restart_stable_after", self.restart_stable_after),
+            ("crash_loop_window", self.crash_loop_window),
+            ("health_interval", self.health_interval),
+            ("health_timeout", self.health_timeout),
+            ("startup_timeout", self.startup_timeout),
+            ("stop_grace", self.stop_grace),
+        ] {
+            if d > year {
+                return bad(key, "must be at most a year".into());
+            }
+        }
+        if self.health_timeout.is_zero() || self.health_interval.is_zero() {
+            return bad(
+                "health_interval",
+                "health_interval and health_timeout must be above zero".into(),
+            );
+        }
+        if self.rate_limit_window_seconds > 365 * 24 * 3600 {
+            return bad("rate_limit_window_seconds", "must be at most a year".into());
+        }
         Ok(())
     }
 
@@ -553,6 +578,12 @@ mod tests {
             (None, &[("OCC_RESTART", "sometimes")], "unknown variant"),
             (None, &[("OCC_SERVICE_USER", "Bad User")], "service_user"),
             (None, &[("OCC_ENV", "novalue")], "not NAME=VALUE"),
+            (
+                Some("stop_grace = 9223372036854775807\n"),
+                &[],
+                "stop_grace: must be at most a year",
+            ),
+            (None, &[("OCC_HEALTH_TIMEOUT", "0")], "above zero"),
         ];
         for (file, e, want) in cases {
             let err = Config::build(

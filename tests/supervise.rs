@@ -170,6 +170,48 @@ fn exposed_without_users_is_gated_until_the_first_user_is_added() {
 }
 
 #[test]
+fn sighup_rereads_the_manifest_and_opens_the_gate() {
+    let (sb, _) = setup("0.0.0.0", "healthy", "");
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log("opencode is not started");
+    // The host writes the manifest itself (e.g. a mounted file it manages), then says so.
+    std::fs::write(
+        sb.manifest(),
+        format!("version = 1\n[[users]]\nname = \"alice\"\npassword_hash = '{H1}'\n"),
+    )
+    .unwrap();
+    init.signal(Signal::SIGHUP);
+    init.expect_log("received SIGHUP");
+    init.expect_log("users: 1 created");
+    init.expect_log("opencode is ready");
+    assert_eq!(sb.shadow_of("alice").as_deref(), Some(H1));
+}
+
+#[test]
+fn server_password_reaches_opencode_only_through_its_environment() {
+    let (sb, _) = setup("0.0.0.0", "healthy", "");
+    let pw_file = sb.path("occ/server-password");
+    std::fs::write(&pw_file, "S3rver-Canary-Pw\n").unwrap();
+    let mut init = sb.boot(
+        &[],
+        &[("OCC_SERVER_PASSWORD_FILE", pw_file.to_str().unwrap())],
+    );
+    // A server password counts as authentication: no gate.
+    init.expect_log("network exposed, authentication configured");
+    init.expect_log("opencode is ready");
+    let pid = opencode_host_pid(&init);
+    let read = |p: String| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned();
+    let environ = read(format!("/proc/{pid}/environ"));
+    assert!(environ
+        .split('\0')
+        .any(|v| v == "OPENCODE_SERVER_PASSWORD=S3rver-Canary-Pw"));
+    assert!(!environ.contains("OCC_SERVER_PASSWORD_FILE"));
+    assert!(!read(format!("/proc/{pid}/cmdline")).contains("Canary"));
+    assert!(!read(format!("/proc/{}/cmdline", init.init_pid())).contains("Canary"));
+    assert!(!init.stderr_text().contains("Canary"));
+}
+
+#[test]
 fn allowed_unauthenticated_exposure_launches_with_a_warning_and_local_bind_launches() {
     let (sb, _) = setup("0.0.0.0", "healthy", "");
     let mut init = sb.boot(&[], &[("OCC_ALLOW_UNAUTHENTICATED_NETWORK", "true")]);

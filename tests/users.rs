@@ -150,7 +150,35 @@ fn bad_manifests_change_nothing_and_say_why() {
             "unknown field `shell`",
         ),
         (user("alice", "plaintext", ""), "well-formed crypt"),
+        (user("ubuntu", H1, ""), "built-in account"),
+        (user("nobody", H1, ""), "system account"),
+        (user(&"a".repeat(33), H1, ""), "longer than 32"),
+        (user("Alice", H1, ""), "not a valid user name"),
+        (user("", H1, ""), "name is empty"),
+        (
+            format!("{}{}", user("alice", H1, ""), user("alice", H1, "")),
+            "duplicate user name",
+        ),
+        (user("alice", "", ""), "is empty"),
+        (user("alice", "$y$ j9T$abc$def", ""), "forbidden character"),
+        (
+            user("alice", "$1$salt$abcdefghijklmnopqrstuv", ""),
+            "too weak",
+        ),
+        (user("alice", "$6$salt$tooshort", ""), "86 characters"),
+        (user("alice", H1, "uid = 999\n"), "outside 1000..=59999"),
+        (user("alice", H1, "uid = 0\n"), "outside 1000..=59999"),
+        (user("alice", H1, "uid = -5\n"), "invalid value"),
+        (user("alice", H1, "locked = 'yes'\n"), "invalid type"),
+        ("users = 'alice'\n".to_string(), "invalid type"),
+        ("colour = 'red'\n".to_string(), "unknown field `colour`"),
+        (
+            "[[users]]\nname = 'alice'\n".to_string(),
+            "missing field `password_hash`",
+        ),
+        ("this is not toml".to_string(), "TOML"),
     ];
+    assert!(cases.len() >= 25);
     let before = (sb.etc_file("passwd"), sb.etc_file("shadow"));
     for (body, want) in cases {
         write_manifest(&sb, &body);
@@ -172,14 +200,17 @@ fn bad_manifests_change_nothing_and_say_why() {
             "/etc changed for {want}"
         );
     }
-    std::fs::write(sb.manifest(), "").expect("write");
-    let out = sb.occ(&["user", "sync"], None);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out).contains("missing field `version`"),
-        "{}",
-        text(&out)
-    );
+    for (raw, want) in [
+        (String::new(), "missing field `version`"),
+        ("version = 2\n".to_string(), "unsupported version 2"),
+        ("x".repeat(5 << 20), "limit is"),
+    ] {
+        std::fs::write(sb.manifest(), raw).expect("write");
+        let out = sb.occ(&["user", "sync"], None);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out).contains(want), "{}", text(&out));
+        assert_eq!(before, (sb.etc_file("passwd"), sb.etc_file("shadow")));
+    }
 }
 
 #[test]
@@ -548,4 +579,57 @@ fn bind_mounted_single_file_manifest_is_rewritten_in_place() {
         written.contains("bob") && written.contains("alice"),
         "{written}"
     );
+}
+
+/// Read from the pty master until `needle` shows up (or fail after the deadline).
+fn read_until(master: &mut std::fs::File, seen: &mut String, needle: &str) {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(master);
+    // SAFETY: fcntl on our own fd.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut buf = [0u8; 1024];
+    while !seen.contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} on the terminal: {seen:?}"
+        );
+        match master.read(&mut buf) {
+            Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+#[test]
+fn interactive_add_prompts_twice_without_echo() {
+    use std::io::Write;
+    let sb = Sandbox::new();
+    let (child, mut master) = sb.spawn_on_pty(&["user", "add", "bob"]);
+    let mut seen = String::new();
+    read_until(&mut master, &mut seen, "New password for bob: ");
+    master.write_all(b"typed-secret-1\n").unwrap();
+    read_until(&mut master, &mut seen, "Repeat it: ");
+    master.write_all(b"typed-secret-1\n").unwrap();
+    read_until(&mut master, &mut seen, "added user bob");
+    let out = wait_output(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        !seen.contains("typed-secret-1"),
+        "password echoed: {seen:?}"
+    );
+    let verify = sb.occ(&["user", "verify", "bob"], Some("typed-secret-1\n"));
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+
+    // Mismatched confirmation: nothing changes.
+    let (child, mut master) = sb.spawn_on_pty(&["user", "add", "carol"]);
+    let mut seen = String::new();
+    read_until(&mut master, &mut seen, "New password for carol: ");
+    master.write_all(b"first-entry-1\n").unwrap();
+    read_until(&mut master, &mut seen, "Repeat it: ");
+    master.write_all(b"other-entry-2\n").unwrap();
+    read_until(&mut master, &mut seen, "passwords do not match");
+    let out = wait_output(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(sb.passwd_line("carol").is_none());
 }

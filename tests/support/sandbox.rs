@@ -131,6 +131,7 @@ impl Sandbox {
             .args(args)
             .env("OCC_USERS_FILE", self.manifest())
             .env("OCC_LEGACY_USERS_DIR", self.path("legacy"))
+            .env("OCC_ADMIN_SOCKET", self.path("run/admin.sock"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -156,8 +157,45 @@ impl Sandbox {
         assert!(out.status.success(), "{}", text(&out));
     }
 
+    /// Start `occ-init ARGS` in the sandbox with a pty as its controlling terminal; returns the
+    /// child and the pty's master side (to type into and read from).
+    pub fn spawn_on_pty(&self, args: &[&str]) -> (std::process::Child, std::fs::File) {
+        use std::os::unix::process::CommandExt;
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let mut all = vec![OCC_INIT];
+        all.extend_from_slice(args);
+        let mut cmd = self.command(&all, &[]);
+        let slave = pty.slave;
+        cmd.stdin(Stdio::from(slave.try_clone().expect("dup")))
+            .stdout(Stdio::from(slave.try_clone().expect("dup")))
+            .stderr(Stdio::from(slave));
+        // SAFETY: setsid and ioctl are async-signal-safe; they make the pty our terminal.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        (
+            cmd.spawn().expect("spawn on pty"),
+            std::fs::File::from(pty.master),
+        )
+    }
+
     /// Start a command inside the sandbox without waiting (for concurrency and kill tests).
     pub fn spawn(&self, argv: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+        let mut cmd = self.command(argv, env);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().expect("spawn in sandbox")
+    }
+
+    /// The command that runs `argv` inside the sandbox's namespaces (stdio not set).
+    fn command(&self, argv: &[&str], env: &[(&str, &str)]) -> Command {
         let script = format!(
             "mount --bind \"$1\" /etc && mount --bind \"$2\" /home && shift 2 && {} exec \"$@\"",
             self.prelude
@@ -178,17 +216,15 @@ impl Sandbox {
         .args(argv)
         .env("OCC_USERS_FILE", self.manifest())
         .env("OCC_LEGACY_USERS_DIR", self.path("legacy"))
-        .env("OCC_LOG", "info")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env("OCC_ADMIN_SOCKET", self.path("run/admin.sock"))
+        .env("OCC_LOG", "info");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.spawn().expect("spawn in sandbox")
+        cmd
     }
 
     pub fn run(&self, argv: &[&str], input: Option<&str>, env: &[(&str, &str)]) -> Output {
