@@ -73,14 +73,14 @@ pub fn prompt_hidden(prompt: &str) -> io::Result<SecretString> {
         .write(true)
         .open("/dev/tty")?;
     let mut out = tty.try_clone()?;
-    write!(out, "{prompt}")?;
-    out.flush()?;
+    // Echo off *before* the prompt shows: whatever is typed once it is visible stays hidden.
     let saved = termios::tcgetattr(&tty).map_err(io::Error::from)?;
     let mut quiet = saved.clone();
     quiet.local_flags.remove(LocalFlags::ECHO);
     quiet.local_flags.insert(LocalFlags::ECHONL);
     termios::tcsetattr(&tty, SetArg::TCSANOW, &quiet).map_err(io::Error::from)?;
-    let line = read_line(io::BufReader::new(&tty));
+    let shown = write!(out, "{prompt}").and_then(|_| out.flush());
+    let line = shown.and_then(|_| read_line(io::BufReader::new(&tty)));
     let _ = termios::tcsetattr(&tty, SetArg::TCSANOW, &saved);
     line
 }
