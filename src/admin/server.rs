@@ -211,6 +211,15 @@ pub fn start(
     Ok((Mailbox { jobs: rx, wake }, shared))
 }
 
+/// One of the [`MAX_CONNECTIONS`] connection slots, released on drop.
+struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
     for stream in listener.incoming() {
         let mut stream = match stream {
@@ -232,16 +241,16 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
                 .write_to(&mut stream);
             continue;
         }
-        let conn_shared = shared.clone();
+        // The slot is given back when the thread ends, even if it panics.
+        let slot = Slot(shared.clone());
         let spawned = std::thread::Builder::new()
             .name("admin-conn".into())
             .stack_size(512 * 1024)
             .spawn(move || {
-                serve(&mut stream, &conn_shared);
-                conn_shared.active.fetch_sub(1, Ordering::SeqCst);
+                serve(&mut stream, &slot.0);
+                drop(slot);
             });
         if let Err(e) = spawned {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
             log::warn!("admin: cannot start a connection thread: {e}");
         }
     }
