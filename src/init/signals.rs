@@ -19,6 +19,19 @@ const LEFT_ALONE: [Signal; 8] = [
     Signal::SIGKILL,
 ];
 
+/// The signals users expect an init to pass on (docker stop/kill, terminal resizes, reloads).
+/// Every other asynchronous signal except SIGCHLD is forwarded as well.
+pub const FORWARDED: [Signal; 8] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGCONT,
+];
+
 /// Terminal job-control signals PID 1 ignores, so a child can own the terminal's foreground.
 const IGNORED: [Signal; 2] = [Signal::SIGTTIN, Signal::SIGTTOU];
 
@@ -133,18 +146,8 @@ mod tests {
         for s in LEFT_ALONE.iter().chain(IGNORED.iter()) {
             assert!(!set.contains(*s), "{s} must not be blocked");
         }
-        for s in [
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-            Signal::SIGQUIT,
-            Signal::SIGUSR1,
-            Signal::SIGUSR2,
-            Signal::SIGWINCH,
-            Signal::SIGCONT,
-            Signal::SIGCHLD,
-        ] {
-            assert!(set.contains(s), "{s} must be blocked");
+        for s in FORWARDED.iter().chain([Signal::SIGCHLD].iter()) {
+            assert!(set.contains(*s), "{s} must be blocked");
         }
     }
 

@@ -108,16 +108,7 @@ fn trap_int(code: i32) -> ! {
 /// Print "<who> got SIGX" for every forwardable signal; exit 0 after SIGTERM.
 fn report_signals(with_grandchild: bool) -> ! {
     let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGWINCH,
-        Signal::SIGCONT,
-    ] {
+    for s in occ_init::init::signals::FORWARDED {
         set.add(s);
     }
     let _ = signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
