@@ -14,7 +14,8 @@ fn usage() -> ! {
          modes: exit N | raise SIG | sleep SECS | ignore-term | trap-int CODE |\n\
          report-signals [--fork] | orphans N [ROUNDS] | setsid-grandchild | echo-signals FIFO |\n\
          touch FIFO | tty |\n\
-         fake-opencode [--behavior healthy|crash|html|slow] [--starts FILE] --hostname H --port P"
+         fake-opencode [--behavior healthy|crash|html|slow] [--starts FILE] --hostname H --port P |\n\
+         admin-load SOCKET CLIENTS REQUESTS_PER_CLIENT"
     );
     std::process::exit(64)
 }
@@ -78,6 +79,11 @@ fn main() {
             let _ = f.write_all(b"x");
         }
         "fake-opencode" => fake_opencode(&args[2..]),
+        "admin-load" => admin_load(
+            arg(&args, 2),
+            arg(&args, 3).parse().unwrap_or_else(|_| usage()),
+            arg(&args, 4).parse().unwrap_or_else(|_| usage()),
+        ),
         "tty" => {
             // SAFETY: plain queries of our own process and fd 0.
             let (fg, me) = unsafe { (libc::tcgetpgrp(0), libc::getpgrp()) };
@@ -343,4 +349,50 @@ fn fake_opencode(args: &[String]) -> ! {
         );
     }
     std::process::exit(0)
+}
+
+/// Benchmark helper: CLIENTS threads each send REQUESTS `GET /v1/status` over the admin socket,
+/// one connection per request; prints "p50_us p99_us errors".
+fn admin_load(socket: &str, clients: usize, requests: usize) {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(clients));
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let socket = socket.to_string();
+            let start = start.clone();
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(requests);
+                let mut errors = 0usize;
+                start.wait();
+                for _ in 0..requests {
+                    let t = Instant::now();
+                    let ok = UnixStream::connect(&socket)
+                        .and_then(|mut s| {
+                            s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")?;
+                            let mut out = Vec::new();
+                            s.read_to_end(&mut out)?;
+                            Ok(out.starts_with(b"HTTP/1.1 200"))
+                        })
+                        .unwrap_or(false);
+                    lat.push(t.elapsed().as_micros() as u64);
+                    if !ok {
+                        errors += 1;
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for h in handles {
+        if let Ok((lat, e)) = h.join() {
+            all.extend(lat);
+            errors += e;
+        }
+    }
+    all.sort_unstable();
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    say(&format!("{} {} {errors}", pct(0.5), pct(0.99)));
 }
