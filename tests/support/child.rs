@@ -393,6 +393,10 @@ fn admin_load(socket: &str, clients: usize, requests: usize) {
         }
     }
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     say(&format!("{} {} {errors}", pct(0.5), pct(0.99)));
 }
