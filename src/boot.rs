@@ -1,6 +1,7 @@
 //! The argument-less start (the image's ENTRYPOINT): config → restore users → bind policy →
 //! launch or gate opencode → supervise it until PID 1 is told to stop. One loop blocks on the
-//! signalfd, the probe worker's wake-up pipe and the supervisor's next deadline.
+//! signalfd, the probe worker's and the admin server's wake-up pipes, and the supervisor's next
+//! deadline.
 
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
