@@ -534,7 +534,7 @@ pub fn check(config_path: Option<&Path>, overrides: &Overrides) -> i32 {
     let users = Users::new(users_config(&cfg));
     let accounts = crate::users::accounts::Accounts::read(Path::new("/etc"));
     let manifest = accounts
-        .map_err(|e| e.to_string())
+        .map_err(|(path, e)| format!("{}: {e}", path.display()))
         .and_then(|a| users.load(&a).map_err(|e| e.to_string()));
     println!();
     let ok = match &manifest {

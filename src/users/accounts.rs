@@ -74,11 +74,13 @@ impl Accounts {
         Accounts { by_name }
     }
 
-    /// Read `<etc>/passwd` and `<etc>/shadow`.
-    pub fn read(etc: &Path) -> std::io::Result<Accounts> {
-        let passwd = std::fs::read_to_string(etc.join("passwd"))?;
-        let shadow = std::fs::read_to_string(etc.join("shadow"))?;
-        Ok(Accounts::parse(&passwd, &shadow))
+    /// Read `<etc>/passwd` and `<etc>/shadow`; an error names the file that failed.
+    pub fn read(etc: &Path) -> Result<Accounts, (std::path::PathBuf, std::io::Error)> {
+        let read = |name: &str| {
+            let path = etc.join(name);
+            std::fs::read_to_string(&path).map_err(|e| (path, e))
+        };
+        Ok(Accounts::parse(&read("passwd")?, &read("shadow")?))
     }
 
     pub fn get(&self, name: &str) -> Option<&Account> {

@@ -173,7 +173,19 @@ impl Users {
     }
 
     fn accounts(&self) -> Result<Accounts, UsersError> {
-        Accounts::read(&self.cfg.etc).map_err(|e| UsersError::io(&self.cfg.etc, e))
+        Accounts::read(&self.cfg.etc).map_err(|(path, e)| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                UsersError::Invalid {
+                    what: "caller",
+                    message: format!(
+                        "cannot read {}: managing users needs root (run it inside the container as root, e.g. docker exec)",
+                        path.display()
+                    ),
+                }
+            } else {
+                UsersError::io(&path, e)
+            }
+        })
     }
 
     /// The current manifest, validated against /etc; an absent file is an empty manifest.
