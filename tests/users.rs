@@ -601,19 +601,42 @@ fn read_until(master: &mut std::fs::File, seen: &mut String, needle: &str) {
     }
 }
 
+/// `occ-init user add NAME` on a terminal, typing `first` and `second` at the two prompts and
+/// waiting for `outcome`; returns the exit code and everything the terminal showed.
+fn add_on_terminal(
+    sb: &Sandbox,
+    name: &str,
+    first: &str,
+    second: &str,
+    outcome: &str,
+) -> (Option<i32>, String) {
+    use std::io::Write;
+    let (child, mut master) = sb.spawn_on_pty(&["user", "add", name]);
+    let mut seen = String::new();
+    read_until(
+        &mut master,
+        &mut seen,
+        &format!("New password for {name}: "),
+    );
+    master.write_all(format!("{first}\n").as_bytes()).unwrap();
+    read_until(&mut master, &mut seen, "Repeat it: ");
+    master.write_all(format!("{second}\n").as_bytes()).unwrap();
+    read_until(&mut master, &mut seen, outcome);
+    let out = wait_output(child, Duration::from_secs(30));
+    (out.status.code(), seen)
+}
+
 #[test]
 fn interactive_add_prompts_twice_without_echo() {
-    use std::io::Write;
     let sb = Sandbox::new();
-    let (child, mut master) = sb.spawn_on_pty(&["user", "add", "bob"]);
-    let mut seen = String::new();
-    read_until(&mut master, &mut seen, "New password for bob: ");
-    master.write_all(b"typed-secret-1\n").unwrap();
-    read_until(&mut master, &mut seen, "Repeat it: ");
-    master.write_all(b"typed-secret-1\n").unwrap();
-    read_until(&mut master, &mut seen, "added user bob");
-    let out = wait_output(child, Duration::from_secs(30));
-    assert_eq!(out.status.code(), Some(0));
+    let (code, seen) = add_on_terminal(
+        &sb,
+        "bob",
+        "typed-secret-1",
+        "typed-secret-1",
+        "added user bob",
+    );
+    assert_eq!(code, Some(0));
     assert!(
         !seen.contains("typed-secret-1"),
         "password echoed: {seen:?}"
@@ -622,14 +645,13 @@ fn interactive_add_prompts_twice_without_echo() {
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
 
     // Mismatched confirmation: nothing changes.
-    let (child, mut master) = sb.spawn_on_pty(&["user", "add", "carol"]);
-    let mut seen = String::new();
-    read_until(&mut master, &mut seen, "New password for carol: ");
-    master.write_all(b"first-entry-1\n").unwrap();
-    read_until(&mut master, &mut seen, "Repeat it: ");
-    master.write_all(b"other-entry-2\n").unwrap();
-    read_until(&mut master, &mut seen, "passwords do not match");
-    let out = wait_output(child, Duration::from_secs(30));
-    assert_eq!(out.status.code(), Some(1));
+    let (code, _) = add_on_terminal(
+        &sb,
+        "carol",
+        "first-entry-1",
+        "other-entry-2",
+        "passwords do not match",
+    );
+    assert_eq!(code, Some(1));
     assert!(sb.passwd_line("carol").is_none());
 }
