@@ -4,7 +4,9 @@
 //! Exit codes: 0 success, 1 failure (with a one-line reason).
 
 use std::io::{self, IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
 use std::time::Duration;
 
 use crate::cli::{SecretArgs, UserCommand};
@@ -21,8 +23,8 @@ fn config() -> crate::config::Config {
     })
 }
 
-fn users(manifest: Option<PathBuf>) -> Users {
-    let mut cfg = config();
+fn users(cfg: &Config, manifest: Option<PathBuf>) -> Users {
+    let mut cfg = cfg.clone();
     if let Some(m) = manifest {
         cfg.users_file = m;
     }
@@ -35,13 +37,13 @@ fn fail(e: impl std::fmt::Display) -> i32 {
     1
 }
 
-fn report(result: Result<Persistence, UsersError>, done: &str) -> i32 {
+fn report(cfg: &Config, result: Result<Persistence, UsersError>, done: &str) -> i32 {
     match result {
         Ok(p) => {
             println!("{done}");
-            // Until the admin endpoint exists, tell a running PID 1 to re-read users, so a
-            // gated opencode launches as soon as its first user exists.
-            if crate::boot::notify_running_init(&config()) {
+            // Direct mode: a running occ-init without a reachable admin socket is told by
+            // signal to re-read users, so a gated opencode launches once its first user exists.
+            if crate::boot::notify_running_init(cfg) {
                 println!("told the running occ-init to re-read users");
             }
             if let Some(note) = p.note() {
@@ -85,8 +87,7 @@ fn read_secret(name: &str, args: &SecretArgs) -> io::Result<(NewSecret, Option<S
 }
 
 /// Exposure for the last-user guard, from the effective config.
-fn exposure() -> Exposure {
-    let cfg = config();
+fn exposure(cfg: &Config) -> Exposure {
     Exposure {
         address: cfg.exposure_address().to_string(),
         exposed: cfg.exposed(),
@@ -95,18 +96,18 @@ fn exposure() -> Exposure {
 
 /// A request to the running PID 1; `None` when its socket does not exist.
 fn api(
+    socket: &Path,
     method: &str,
     path: &str,
     body: Option<serde_json::Value>,
     timeout: Duration,
 ) -> Option<Result<(u16, serde_json::Value), String>> {
-    let socket = config().admin_socket;
     if !socket.exists() {
         return None;
     }
     let body = body.map(|b| b.to_string());
     Some(
-        crate::admin::client::request(&socket, method, path, body.as_deref(), timeout)
+        crate::admin::client::request(socket, method, path, body.as_deref(), timeout)
             .map_err(|e| e.to_string())
             .map(|(status, text)| {
                 (
@@ -218,6 +219,7 @@ pub fn restart() -> i32 {
 
 /// The new secret, then the API call for `add` / `passwd`.
 fn secret_call(
+    socket: &Path,
     name: &str,
     args: &SecretArgs,
     path: &str,
@@ -232,7 +234,7 @@ fn secret_call(
     if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(x.clone());
     }
-    let code = match api("POST", path, Some(body), API_TIMEOUT) {
+    let code = match api(socket, "POST", path, Some(body), API_TIMEOUT) {
         Some(r) => api_report(r, done),
         None => fail("occ-init's admin socket went away"),
     };
@@ -243,8 +245,8 @@ fn secret_call(
 }
 
 /// `user …` through PID 1's admin socket when it runs; `None` to act directly instead.
-fn user_via_api(cmd: &UserCommand) -> Option<i32> {
-    if !config().admin_socket.exists() {
+fn user_via_api(cmd: &UserCommand, socket: &Path) -> Option<i32> {
+    if !socket.exists() {
         return None;
     }
     Some(match cmd {
@@ -259,6 +261,7 @@ fn user_via_api(cmd: &UserCommand) -> Option<i32> {
                 extra["uid"] = serde_json::json!(u);
             }
             secret_call(
+                socket,
                 name,
                 args,
                 "/v1/users",
@@ -269,6 +272,7 @@ fn user_via_api(cmd: &UserCommand) -> Option<i32> {
         UserCommand::Passwd {
             name, secret: args, ..
         } => secret_call(
+            socket,
             name,
             args,
             &format!("/v1/users/{name}/password"),
@@ -281,16 +285,23 @@ fn user_via_api(cmd: &UserCommand) -> Option<i32> {
                 if *force { "?force=true" } else { "" }
             );
             api_report(
-                api("DELETE", &path, None, API_TIMEOUT)?,
+                api(socket, "DELETE", &path, None, API_TIMEOUT)?,
                 &format!("removed {name} (account locked, home kept)"),
             )
         }
         UserCommand::Lock { name, .. } => api_report(
-            api("POST", &format!("/v1/users/{name}/lock"), None, API_TIMEOUT)?,
+            api(
+                socket,
+                "POST",
+                &format!("/v1/users/{name}/lock"),
+                None,
+                API_TIMEOUT,
+            )?,
             &format!("locked {name}"),
         ),
         UserCommand::Unlock { name, .. } => api_report(
             api(
+                socket,
                 "POST",
                 &format!("/v1/users/{name}/unlock"),
                 None,
@@ -298,7 +309,8 @@ fn user_via_api(cmd: &UserCommand) -> Option<i32> {
             )?,
             &format!("unlocked {name}"),
         ),
-        UserCommand::List { json, .. } => match api("GET", "/v1/users", None, API_TIMEOUT)? {
+        UserCommand::List { json, .. } => match api(socket, "GET", "/v1/users", None, API_TIMEOUT)?
+        {
             Ok((200, v)) => match serde_json::from_value::<Vec<crate::users::UserInfo>>(v) {
                 Ok(rows) => print_users(rows, *json),
                 Err(e) => fail(e),
@@ -316,6 +328,7 @@ fn user_via_api(cmd: &UserCommand) -> Option<i32> {
             };
             let body = serde_json::json!({"password": password.expose()});
             match api(
+                socket,
                 "POST",
                 &format!("/v1/users/{name}/verify"),
                 Some(body),
@@ -378,7 +391,9 @@ fn print_users(rows: Vec<crate::users::UserInfo>, json: bool) -> i32 {
 }
 
 pub fn user(cmd: UserCommand) -> i32 {
-    if let Some(code) = user_via_api(&cmd) {
+    // Loaded once: a broken config file is warned about once, not per step.
+    let cfg = config();
+    if let Some(code) = user_via_api(&cmd, &cfg.admin_socket) {
         return code;
     }
     match cmd {
@@ -393,7 +408,8 @@ pub fn user(cmd: UserCommand) -> i32 {
                 Err(e) => return fail(e),
             };
             let code = report(
-                users(manifest.users).add(&name, new, uid),
+                &cfg,
+                users(&cfg, manifest.users).add(&name, new, uid),
                 &format!("added user {name}"),
             );
             if code == 0 {
@@ -410,7 +426,8 @@ pub fn user(cmd: UserCommand) -> i32 {
         } => match read_secret(&name, &args) {
             Ok((new, generated)) => {
                 let code = report(
-                    users(manifest.users).set_password(&name, new),
+                    &cfg,
+                    users(&cfg, manifest.users).set_password(&name, new),
                     &format!("password changed for {name}"),
                 );
                 if let (0, Some(p)) = (code, generated) {
@@ -425,18 +442,21 @@ pub fn user(cmd: UserCommand) -> i32 {
             force,
             manifest,
         } => report(
-            users(manifest.users).remove(&name, force, &exposure()),
+            &cfg,
+            users(&cfg, manifest.users).remove(&name, force, &exposure(&cfg)),
             &format!("removed {name} (account locked, home kept)"),
         ),
         UserCommand::Lock { name, manifest } => report(
-            users(manifest.users).set_locked(&name, true),
+            &cfg,
+            users(&cfg, manifest.users).set_locked(&name, true),
             &format!("locked {name}"),
         ),
         UserCommand::Unlock { name, manifest } => report(
-            users(manifest.users).set_locked(&name, false),
+            &cfg,
+            users(&cfg, manifest.users).set_locked(&name, false),
             &format!("unlocked {name}"),
         ),
-        UserCommand::List { json, manifest } => match users(manifest.users).list() {
+        UserCommand::List { json, manifest } => match users(&cfg, manifest.users).list() {
             Ok(rows) => print_users(rows, json),
             Err(e) => fail(e),
         },
@@ -448,7 +468,7 @@ pub fn user(cmd: UserCommand) -> i32 {
             let Ok(password) = read_verify_password(&name, password_stdin) else {
                 return fail(UsersError::AuthFailed);
             };
-            match users(manifest.users).verify(&name, &password) {
+            match users(&cfg, manifest.users).verify(&name, &password) {
                 Ok(()) => {
                     println!("ok");
                     0
@@ -456,7 +476,7 @@ pub fn user(cmd: UserCommand) -> i32 {
                 Err(e) => fail(e),
             }
         }
-        UserCommand::Export { manifest } => match users(manifest.users).export() {
+        UserCommand::Export { manifest } => match users(&cfg, manifest.users).export() {
             Ok(text) => {
                 print!("{text}");
                 0
@@ -473,7 +493,7 @@ pub fn user(cmd: UserCommand) -> i32 {
             if let Err(e) = read {
                 return fail(format!("{}: {e}", file.display()));
             }
-            match users(manifest.users).import(&text) {
+            match users(&cfg, manifest.users).import(&text) {
                 Ok((p, r)) => {
                     println!("imported {}; {}", file.display(), r.summary);
                     if let Some(note) = p.note() {
@@ -484,7 +504,7 @@ pub fn user(cmd: UserCommand) -> i32 {
                 Err(e) => fail(e),
             }
         }
-        UserCommand::Sync { manifest } => match users(manifest.users).sync() {
+        UserCommand::Sync { manifest } => match users(&cfg, manifest.users).sync() {
             Ok(r) => {
                 println!("{}", r.summary);
                 for w in r.warnings {

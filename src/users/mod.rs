@@ -145,8 +145,6 @@ pub struct UserInfo {
 pub struct RestoreReport {
     pub summary: String,
     pub warnings: Vec<String>,
-    /// Users in the manifest that can log in.
-    pub active_users: Vec<String>,
     /// Manifest problem, when the manifest was refused (then no user is restored).
     pub manifest_error: Option<String>,
 }
@@ -238,7 +236,6 @@ impl Users {
         Ok(RestoreReport {
             summary: plan.summary(),
             warnings: plan.warnings,
-            active_users: m.active_users().map(|u| u.name.clone()).collect(),
             manifest_error: None,
         })
     }
@@ -277,7 +274,6 @@ impl Users {
                 RestoreReport {
                     summary: "users: restore failed".into(),
                     warnings: Vec::new(),
-                    active_users: Vec::new(),
                     manifest_error: Some(e.to_string()),
                 }
             }
