@@ -1,7 +1,9 @@
 //! The argument-less start (the image's ENTRYPOINT): config → restore users → bind policy →
-//! launch or gate opencode → supervise it until PID 1 is told to stop. One loop blocks on the
-//! signalfd, the probe worker's and the admin server's wake-up pipes, and the supervisor's next
-//! deadline.
+//! launch or gate opencode → supervise it until PID 1 is told to stop. With `auth = proxy`
+//! (the default) a second service, the authenticating proxy, holds the public address and
+//! opencode listens on 127.0.0.1. One loop blocks on the signalfd, the probe worker's and the
+//! admin server's wake-up pipes, and the services' next deadline; each service is the same
+//! pure [`Supervisor`] state machine.
 
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
@@ -15,7 +17,7 @@ use nix::unistd::Pid;
 
 use crate::admin::api::RateLimiter;
 use crate::admin::server::{self as admin, LoopReply, LoopRequest, Mailbox, Shared};
-use crate::config::{Config, Overrides};
+use crate::config::{AuthMode, Config, Overrides};
 use crate::init::signals::{self, SignalReader};
 use crate::init::state::Lifecycle;
 use crate::init::{self, reap, ForwardTo};
@@ -29,6 +31,19 @@ use crate::users::{Bootstrap, Exposure, RestoreReport, Users, UsersConfig};
 /// Name of the pid file beside the admin socket, so `occ-init user …` can notify PID 1.
 pub const PID_FILE: &str = "init.pid";
 
+/// Which process a service is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    Opencode,
+    Proxy,
+}
+
+/// One supervised process: what it is and its state machine.
+pub struct Service {
+    pub kind: ServiceKind,
+    pub sv: Supervisor,
+}
+
 /// Everything PID 1 knows while it supervises opencode.
 pub struct Boot {
     pub config_path: Option<PathBuf>,
@@ -37,8 +52,13 @@ pub struct Boot {
     pub users: Users,
     pub report: RestoreReport,
     pub decision: Decision,
-    pub sv: Supervisor,
+    /// opencode first, then the proxy when `auth = proxy`.
+    pub services: Vec<Service>,
     pub started_at: Instant,
+    /// opencode's port on 127.0.0.1 behind the proxy.
+    pub internal_port: u16,
+    /// The public listening socket, held by PID 1 and handed to each proxy it starts.
+    listener: Option<std::net::TcpListener>,
     /// Login users present and unlocked in /etc (what PAM accepts), for policy and status.
     pub active_users: Vec<String>,
     prober: Prober,
@@ -68,6 +88,7 @@ fn exposure(cfg: &Config) -> Exposure {
     }
 }
 
+/// Seed 003's limiter with the configured limits.
 fn limiter(cfg: &Config) -> RateLimiter {
     RateLimiter::new(
         cfg.rate_limit_attempts,
@@ -107,9 +128,95 @@ pub fn facts(cfg: &Config, active_users: &[String]) -> policy::Facts {
     policy::Facts {
         address: cfg.exposure_address().to_string(),
         exposed: cfg.exposed(),
-        authenticated: !active_users.is_empty() || server_password(cfg).is_some(),
+        authenticated: policy::authenticated(
+            cfg.auth,
+            active_users.len(),
+            server_password(cfg).is_some(),
+        ),
         allow_unauthenticated_network: cfg.allow_unauthenticated_network,
+        users_unchecked: cfg.auth == AuthMode::None && !active_users.is_empty(),
     }
+}
+
+/// Who enforces logins, for status: `proxy`, `opencode` or `none`.
+pub fn auth_enforced_by(cfg: &Config, active_users: &[String]) -> &'static str {
+    match cfg.auth {
+        AuthMode::Proxy => "proxy",
+        AuthMode::Opencode if !active_users.is_empty() || server_password(cfg).is_some() => {
+            "opencode"
+        }
+        _ => "none",
+    }
+}
+
+/// A free port on 127.0.0.1 for opencode behind the proxy (the kernel picks it).
+fn pick_internal_port(cfg: &Config) -> u16 {
+    if cfg.internal_port != 0 {
+        return cfg.internal_port;
+    }
+    match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(a) => a.port(),
+        Err(e) => {
+            log::warn!("cannot pick a free internal port ({e}); using 4096");
+            4096
+        }
+    }
+}
+
+/// The public listening socket for the proxy (PID 1 binds it as root, so low ports work).
+fn bind_public(cfg: &Config) -> std::io::Result<std::net::TcpListener> {
+    let h = cfg.host.trim_matches(['[', ']']);
+    let addr = if h.contains(':') {
+        format!("[{h}]:{}", cfg.port)
+    } else {
+        format!("{h}:{}", cfg.port)
+    };
+    std::net::TcpListener::bind(addr)
+}
+
+/// The proxy's user: looked up, or created as a system account (no home, no shell) when
+/// missing.
+fn ensure_proxy_user(name: &str) -> Result<oc::ServiceUser, String> {
+    if let Ok(u) = oc::lookup(name) {
+        return Ok(u);
+    }
+    log::info!("creating the proxy's system user {name} (no home, no login shell)");
+    let nologin = ["/usr/sbin/nologin", "/sbin/nologin", "/bin/false"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("/bin/false");
+    let out = std::process::Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            nologin,
+            "--user-group",
+            name,
+        ])
+        .output()
+        .map_err(|e| format!("cannot run useradd to create the proxy's user {name}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "useradd could not create the proxy's user {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    oc::lookup(name)
+}
+
+/// The proxy program: `proxy_command`, else `occ-proxy` beside this executable, else PATH.
+fn proxy_program(cfg: &Config) -> PathBuf {
+    if let Some(p) = &cfg.proxy_command {
+        return p.clone();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("occ-proxy")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("occ-proxy"))
 }
 
 fn pid_file(cfg: &Config) -> Option<PathBuf> {
@@ -171,7 +278,36 @@ impl Boot {
             }
         };
         let decision = policy::decide(&facts(&cfg, &active_users));
-        let sv = Supervisor::new(Settings::from(&cfg));
+        let mut services = vec![Service {
+            kind: ServiceKind::Opencode,
+            sv: Supervisor::named("opencode", Settings::from(&cfg)),
+        }];
+        let mut internal_port = cfg.port;
+        if cfg.auth == AuthMode::Proxy {
+            internal_port = pick_internal_port(&cfg);
+            // Without its user or its auth socket the proxy cannot let anyone in; it still
+            // runs (answering 503), so nothing is ever served unauthenticated.
+            match ensure_proxy_user(&cfg.proxy_user) {
+                Ok(u) => match &admin {
+                    Some((_, shared)) => {
+                        if let Err(e) = admin::start_auth(
+                            &cfg.auth_socket,
+                            shared.clone(),
+                            u.credentials.uid,
+                            u.credentials.gid,
+                        ) {
+                            log::error!("{e}: the proxy cannot check logins");
+                        }
+                    }
+                    None => log::error!("no admin endpoint: the proxy cannot check logins"),
+                },
+                Err(e) => log::error!("{e}"),
+            }
+            services.push(Service {
+                kind: ServiceKind::Proxy,
+                sv: Supervisor::named("proxy", proxy_settings(&cfg)),
+            });
+        }
         let prober = Prober::start().map_err(|e| format!("cannot start the probe thread: {e}"))?;
         Ok(Boot {
             active_users,
@@ -182,10 +318,25 @@ impl Boot {
             users,
             report,
             decision,
-            sv,
+            services,
             started_at: Instant::now(),
+            internal_port,
+            listener: None,
             prober,
         })
+    }
+
+    /// opencode's supervisor.
+    pub fn opencode(&self) -> &Supervisor {
+        &self.services[0].sv
+    }
+
+    /// The proxy's supervisor, when there is one.
+    pub fn proxy(&self) -> Option<&Supervisor> {
+        self.services
+            .iter()
+            .find(|s| s.kind == ServiceKind::Proxy)
+            .map(|s| &s.sv)
     }
 
     /// Log the decision the way an operator needs to read it.
@@ -195,10 +346,11 @@ impl Boot {
                 "launching opencode on {}:{} ({})",
                 self.cfg.host,
                 self.cfg.port,
-                if self.cfg.exposed() {
-                    "network exposed, authentication configured"
-                } else {
-                    "local only"
+                match (self.cfg.exposed(), self.cfg.auth) {
+                    (true, AuthMode::Proxy) => "network exposed, logins checked by occ-init's proxy",
+                    (true, _) => "network exposed, logins checked by opencode",
+                    (false, AuthMode::Proxy) => "local only, logins checked by occ-init's proxy",
+                    (false, _) => "local only",
                 }
             ),
             Decision::LaunchWithWarning(w) => log::warn!("WARNING: {w}"),
@@ -213,7 +365,12 @@ impl Boot {
                 if cfg != self.cfg {
                     log::info!("configuration reloaded");
                 }
-                self.sv.settings = Settings::from(&cfg);
+                for s in &mut self.services {
+                    s.sv.settings = match s.kind {
+                        ServiceKind::Opencode => Settings::from(&cfg),
+                        ServiceKind::Proxy => proxy_settings(&cfg),
+                    };
+                }
                 self.users = Users::new(users_config(&cfg));
                 self.cfg = cfg;
             }
@@ -224,8 +381,12 @@ impl Boot {
             if let Ok(mut u) = shared.users.lock() {
                 *u = self.users.clone();
             }
+            // New limits, same history: a reload must not forgive failed logins.
             if let Ok(mut l) = shared.limiter.lock() {
-                *l = limiter(&self.cfg);
+                l.set_limits(
+                    self.cfg.rate_limit_attempts,
+                    std::time::Duration::from_secs(self.cfg.rate_limit_window_seconds),
+                );
             }
         }
         self.reevaluate();
@@ -239,27 +400,55 @@ impl Boot {
             self.decision = decision;
             self.announce();
         }
+        self.publish_gate();
+    }
+
+    /// Tell the proxy (through the auth socket's shared state) whether opencode is gated.
+    fn publish_gate(&self) {
+        let Some((_, shared)) = &self.admin else {
+            return;
+        };
+        let view = admin::GateView {
+            reason: match &self.decision {
+                Decision::Gate(why) => Some(why.clone()),
+                _ => None,
+            },
+            ready: self.opencode().is_ready(),
+        };
+        if let Ok(mut g) = shared.gate.lock() {
+            if *g != view {
+                *g = view;
+            }
+        }
     }
 
     /// The status report.
     pub fn status(&self) -> crate::status::Status {
         use crate::status::*;
         let now = Instant::now();
+        let sv = self.opencode();
+        let (oc_host, oc_port) = self.cfg.opencode_listen(self.internal_port);
         Status {
             version: crate::version::SHORT.to_string(),
             uptime_seconds: now.duration_since(self.started_at).as_secs(),
-            opencode: Opencode {
-                state: self.sv.phase_name().to_string(),
-                ready: self.sv.is_ready(),
-                pid: self.sv.pid(),
-                uptime_seconds: self.sv.started().map(|s| now.duration_since(s).as_secs()),
-                restarts: self.sv.restarts,
-                last_exit_code: self.sv.last_exit.map(|e| e.code),
-                last_exit_seconds_ago: self
-                    .sv
-                    .last_exit
-                    .map(|e| now.duration_since(e.at).as_secs()),
+            proxy: self.proxy().map(|p| ProxyStatus {
+                state: p.phase_name().to_string(),
+                ready: p.is_ready(),
+                pid: p.pid(),
+                restarts: p.restarts,
+                last_exit_code: p.last_exit.map(|e| e.code),
                 listen: format!("{}:{}", self.cfg.host, self.cfg.port),
+                user: self.cfg.proxy_user.clone(),
+            }),
+            opencode: Opencode {
+                state: sv.phase_name().to_string(),
+                ready: sv.is_ready(),
+                pid: sv.pid(),
+                uptime_seconds: sv.started().map(|s| now.duration_since(s).as_secs()),
+                restarts: sv.restarts,
+                last_exit_code: sv.last_exit.map(|e| e.code),
+                last_exit_seconds_ago: sv.last_exit.map(|e| now.duration_since(e.at).as_secs()),
+                listen: format!("{oc_host}:{oc_port}"),
                 command: self.cfg.command.clone(),
                 gate_reason: match &self.decision {
                     Decision::Gate(why) => Some(why.clone()),
@@ -270,6 +459,7 @@ impl Boot {
                 binding: self.cfg.exposure_address().to_string(),
                 network_exposed: self.cfg.exposed(),
                 auth_users: self.active_users.clone(),
+                auth_enforced_by: auth_enforced_by(&self.cfg, &self.active_users).to_string(),
                 server_password: server_password(&self.cfg).is_some(),
                 trust_proxy: self.cfg.trust_proxy,
                 rate_limit_attempts: self.cfg.rate_limit_attempts,
@@ -285,7 +475,7 @@ impl Boot {
     }
 
     /// Answer what the admin server asked; returns events for the supervisor.
-    fn serve_jobs(&mut self, now: Instant, events: &mut Vec<Event>) {
+    fn serve_jobs(&mut self, now: Instant, events: &mut Vec<(usize, Event)>) {
         let jobs = match &self.admin {
             Some((mailbox, _)) => mailbox.drain(),
             None => return,
@@ -294,23 +484,25 @@ impl Boot {
             let reply = match job.request {
                 LoopRequest::Status => Some(LoopReply::Status(Box::new(self.status()))),
                 LoopRequest::Ready => Some(LoopReply::Ready {
-                    ready: self.sv.is_ready(),
-                    state: self.sv.phase_name().to_string(),
+                    ready: self.opencode().is_ready(),
+                    state: self.opencode().phase_name().to_string(),
                 }),
-                LoopRequest::Restart => Some(LoopReply::Restart(if self.sv.pid().is_some() {
-                    events.push(Event::RestartRequested);
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "opencode is not running ({})",
-                        self.sv.phase_name()
-                    ))
-                })),
+                LoopRequest::Restart => {
+                    Some(LoopReply::Restart(if self.opencode().pid().is_some() {
+                        events.push((0, Event::RestartRequested));
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "opencode is not running ({})",
+                            self.opencode().phase_name()
+                        ))
+                    }))
+                }
                 LoopRequest::User(op) => {
                     let result = op.apply(&self.users, &exposure(&self.cfg));
                     if result.is_ok() {
                         self.reevaluate();
-                        events.push(Event::Policy(self.decision.allows_launch()));
+                        events.push((0, Event::Policy(self.decision.allows_launch())));
                     }
                     Some(LoopReply::User(result))
                 }
@@ -322,23 +514,45 @@ impl Boot {
         let _ = now;
     }
 
-    fn probe_target(&self) -> Target {
-        Target {
-            host: self.cfg.host.clone(),
-            port: self.cfg.port,
-            path: self.cfg.health_path.clone(),
-            timeout: self.cfg.health_timeout,
-            password: server_password(&self.cfg).map(std::sync::Arc::new),
+    fn probe_target(&self, kind: ServiceKind) -> Target {
+        match kind {
+            ServiceKind::Opencode => {
+                let (host, port) = self.cfg.opencode_listen(self.internal_port);
+                Target {
+                    host,
+                    port,
+                    path: self.cfg.health_path.clone(),
+                    timeout: self.cfg.health_timeout,
+                    password: match self.cfg.auth {
+                        AuthMode::Proxy => None,
+                        _ => server_password(&self.cfg).map(std::sync::Arc::new),
+                    },
+                }
+            }
+            ServiceKind::Proxy => Target {
+                host: self.cfg.host.clone(),
+                port: self.cfg.port,
+                path: "/_occ/health".into(),
+                timeout: self.cfg.health_timeout,
+                password: None,
+            },
         }
     }
 
-    /// Start opencode now: port check, service user, spawn.
-    fn spawn(&self) -> Event {
-        if oc::port_in_use(&self.cfg.host, self.cfg.port) {
+    /// Start a service now.
+    fn spawn(&mut self, kind: ServiceKind) -> Event {
+        match kind {
+            ServiceKind::Opencode => self.spawn_opencode(),
+            ServiceKind::Proxy => self.spawn_proxy(),
+        }
+    }
+
+    /// Start opencode: port check, service user, spawn.
+    fn spawn_opencode(&self) -> Event {
+        let (host, port) = self.cfg.opencode_listen(self.internal_port);
+        if oc::port_in_use(&host, port) {
             log::error!(
-                "port {} on {} is already in use by another process: opencode cannot listen there",
-                self.cfg.port,
-                self.cfg.host
+                "port {port} on {host} is already in use by another process: opencode cannot listen there"
             );
             return Event::SpawnFailed(1);
         }
@@ -349,15 +563,18 @@ impl Boot {
                 return Event::SpawnFailed(1);
             }
         };
-        let password = server_password(&self.cfg);
-        let spec = oc::spec(&self.cfg, &user, password.as_ref());
+        // Behind the proxy opencode needs no password of its own: nothing but the proxy
+        // (and processes in this container) can reach 127.0.0.1.
+        let password = match self.cfg.auth {
+            AuthMode::Proxy => None,
+            _ => server_password(&self.cfg),
+        };
+        let spec = oc::spec(&self.cfg, &user, password.as_ref(), (&host, port));
         match crate::spawn::spawn_spec(&spec) {
             Ok(pid) => {
                 log::info!(
-                    "started opencode (pid {pid}) as {} on {}:{}",
+                    "started opencode (pid {pid}) as {} on {host}:{port}",
                     user.name,
-                    self.cfg.host,
-                    self.cfg.port
                 );
                 Event::Spawned(pid.as_raw())
             }
@@ -368,22 +585,85 @@ impl Boot {
         }
     }
 
-    /// Feed one event to the supervisor and carry out what it asks; `Some(code)` to stop.
-    fn handle(&mut self, event: Event, now: Instant) -> Option<i32> {
-        let mut queue: VecDeque<Action> = self.sv.on(event, now).into();
+    /// Start the proxy as its own user, handing it the public listening socket as fd 3.
+    fn spawn_proxy(&mut self) -> Event {
+        if self.listener.is_none() {
+            match bind_public(&self.cfg) {
+                Ok(l) => self.listener = Some(l),
+                Err(e) => {
+                    let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                        "already in use by another process".to_string()
+                    } else {
+                        e.to_string()
+                    };
+                    log::error!(
+                        "cannot listen on {}:{}: {why}; the proxy will retry",
+                        self.cfg.host,
+                        self.cfg.port
+                    );
+                    return Event::SpawnFailed(1);
+                }
+            }
+        }
+        let Some(listener) = &self.listener else {
+            return Event::SpawnFailed(1);
+        };
+        let user = match oc::lookup(&self.cfg.proxy_user) {
+            Ok(u) => u,
+            Err(e) => {
+                log::error!("{e}");
+                return Event::SpawnFailed(1);
+            }
+        };
+        use std::os::fd::AsRawFd;
+        let spec = crate::spawn::SpawnSpec {
+            argv: proxy_argv(&self.cfg, self.internal_port),
+            env: Some(proxy_env()),
+            cwd: Some(PathBuf::from("/")),
+            credentials: Some(crate::spawn::Credentials {
+                uid: user.credentials.uid,
+                gid: user.credentials.gid,
+                groups: vec![user.credentials.gid],
+            }),
+            pass_fds: vec![listener.as_raw_fd()],
+            no_new_privs: true,
+        };
+        match crate::spawn::spawn_spec(&spec) {
+            Ok(pid) => {
+                log::info!(
+                    "started the proxy (pid {pid}) as {} on {}:{}",
+                    user.name,
+                    self.cfg.host,
+                    self.cfg.port
+                );
+                Event::Spawned(pid.as_raw())
+            }
+            Err(e) => {
+                log::error!("proxy: {e}");
+                Event::SpawnFailed(e.exit_code())
+            }
+        }
+    }
+
+    /// Feed one event to service `i` and carry out what it asks; `Some(code)` to stop.
+    fn handle(&mut self, i: usize, event: Event, now: Instant) -> Option<i32> {
+        let mut queue: VecDeque<Action> = self.services[i].sv.on(event, now).into();
+        let kind = self.services[i].kind;
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Spawn => {
-                    let ev = self.spawn();
-                    queue.extend(self.sv.on(ev, Instant::now()));
+                    let ev = self.spawn(kind);
+                    queue.extend(self.services[i].sv.on(ev, Instant::now()));
                 }
-                Action::Probe => self.prober.request(self.probe_target()),
+                Action::Probe => self.prober.request(i, self.probe_target(kind)),
                 Action::Signal(pid, sig) => {
                     if kill(Pid::from_raw(-pid), sig).is_err() {
                         let _ = kill(Pid::from_raw(pid), sig);
                     }
                 }
-                Action::Exit(code) => return Some(code),
+                // Only opencode's end ends the container; the proxy is always restarted.
+                Action::Exit(code) if kind == ServiceKind::Opencode => return Some(code),
+                Action::Exit(_) => {}
                 Action::Log {
                     warn: true,
                     message,
@@ -394,14 +674,26 @@ impl Boot {
                 } => log::info!("{message}"),
             }
         }
+        self.publish_gate();
         None
+    }
+
+    /// The earliest deadline of any service.
+    fn deadline(&self) -> Option<Instant> {
+        self.services.iter().filter_map(|s| s.sv.deadline()).min()
     }
 
     /// Hand over to the PID-1 stop sequence and return the exit code.
     fn finish(&self, reader: &mut SignalReader, stop_signal: Option<Signal>, code: i32) -> i32 {
         let now = Instant::now();
         let grace = self.cfg.stop_grace;
-        match (self.sv.pid(), stop_signal) {
+        // The proxy goes first: no new requests while opencode stops. Whatever is left when
+        // the sequence ends is killed with the rest of the descendants.
+        if let Some(pid) = self.proxy().and_then(Supervisor::pid) {
+            let _ = kill(Pid::from_raw(-pid), Signal::SIGTERM);
+        }
+        let main = self.opencode().pid();
+        match (main, stop_signal) {
             (Some(pid), Some(sig)) => {
                 let mut life = Lifecycle::new(pid, grace);
                 for action in life.on_signal(sig, now) {
@@ -422,8 +714,13 @@ impl Boot {
     pub fn run(&mut self, reader: &mut SignalReader) -> i32 {
         write_pid_file(&self.cfg);
         self.announce();
+        self.publish_gate();
         let allowed = self.decision.allows_launch();
-        if let Some(code) = self.handle(Event::Policy(allowed), Instant::now()) {
+        // The proxy runs whatever the policy says: while gated it shows how to add a user.
+        for i in 1..self.services.len() {
+            self.handle(i, Event::Policy(true), Instant::now());
+        }
+        if let Some(code) = self.handle(0, Event::Policy(allowed), Instant::now()) {
             return self.finish(reader, None, code);
         }
         loop {
@@ -435,7 +732,7 @@ impl Boot {
                 if let Some((mailbox, _)) = &self.admin {
                     fds.push(PollFd::new(mailbox.as_fd(), PollFlags::POLLIN));
                 }
-                init::wait_any(&mut fds, self.sv.deadline());
+                init::wait_any(&mut fds, self.deadline());
             }
             let now = Instant::now();
             let mut events = Vec::new();
@@ -446,17 +743,17 @@ impl Boot {
                             "received {sig}, stopping (grace period {})",
                             crate::duration::display(self.cfg.stop_grace)
                         );
-                        let code = self.sv.last_exit.map(|e| e.code).unwrap_or(0);
+                        let code = self.opencode().last_exit.map(|e| e.code).unwrap_or(0);
                         return self.finish(reader, Some(sig), code);
                     }
                     Ok(Some(Signal::SIGHUP)) => {
                         log::info!("received SIGHUP: re-reading configuration and users");
                         self.reload();
-                        events.push(Event::Policy(self.decision.allows_launch()));
+                        events.push((0, Event::Policy(self.decision.allows_launch())));
                     }
                     Ok(Some(Signal::SIGCHLD)) => {}
                     Ok(Some(sig)) => {
-                        if let Some(pid) = self.sv.pid() {
+                        if let Some(pid) = self.opencode().pid() {
                             let _ = kill(Pid::from_raw(-pid), sig);
                         }
                     }
@@ -469,25 +766,75 @@ impl Boot {
                 }
             }
             for (pid, code) in reap::reap_all().exited {
-                if Some(pid) == self.sv.pid() {
-                    events.push(Event::Exited { pid, code });
+                if let Some(i) = self.services.iter().position(|s| s.sv.pid() == Some(pid)) {
+                    events.push((i, Event::Exited { pid, code }));
                 }
             }
-            for result in self.prober.results() {
+            for (i, result) in self.prober.results() {
                 if let Err(why) = &result {
-                    log::debug!("health probe failed: {why}");
+                    log::debug!("{} health probe failed: {why}", self.services[i].sv.name);
                 }
-                events.push(Event::Probe { ok: result.is_ok() });
+                events.push((i, Event::Probe { ok: result.is_ok() }));
             }
             self.serve_jobs(now, &mut events);
-            events.push(Event::Tick);
-            for ev in events {
-                if let Some(code) = self.handle(ev, now) {
+            for i in 0..self.services.len() {
+                events.push((i, Event::Tick));
+            }
+            for (i, ev) in events {
+                if let Some(code) = self.handle(i, ev, now) {
                     return self.finish(reader, None, code);
                 }
             }
         }
     }
+}
+
+/// Supervision settings for the proxy: always restarted, never a reason to stop the
+/// container, probed on its own `/_occ/health`.
+fn proxy_settings(cfg: &Config) -> Settings {
+    let mut s = Settings::from(cfg);
+    s.restart = crate::config::RestartPolicy::Always;
+    s.crash_loop_action = crate::config::CrashLoopAction::KeepTrying;
+    s.startup_timeout = std::time::Duration::from_secs(15);
+    s.backoff_max = s.backoff_max.min(std::time::Duration::from_secs(10));
+    s.backoff_initial = s.backoff_initial.min(s.backoff_max);
+    s.stop_grace = s.stop_grace.min(std::time::Duration::from_secs(5));
+    s
+}
+
+/// The proxy's command line (nothing secret on it).
+pub fn proxy_argv(cfg: &Config, internal_port: u16) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = vec![proxy_program(cfg).into()];
+    for (k, val) in [
+        ("--listen-fd", "3".to_string()),
+        ("--upstream", format!("127.0.0.1:{internal_port}")),
+        ("--auth-socket", cfg.auth_socket.display().to_string()),
+        ("--public-health", cfg.public_health.to_string()),
+        ("--trust-proxy", cfg.trust_proxy.to_string()),
+        (
+            "--session-idle",
+            crate::duration::display(cfg.session_idle_timeout),
+        ),
+        (
+            "--session-max-age",
+            crate::duration::display(cfg.session_max_age),
+        ),
+    ] {
+        v.push(k.into());
+        v.push(val.into());
+    }
+    v
+}
+
+/// The proxy's environment: only what it needs (never occ-init's secrets).
+fn proxy_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut env = vec![("PATH".into(), oc::DEFAULT_PATH.into())];
+    for name in ["OCC_LOG", "RUST_LOG", "LANG", "TZ"] {
+        if let Some(v) = std::env::var_os(name) {
+            env.push((name.into(), v));
+        }
+    }
+    env
 }
 
 /// Entry point of the default start.
@@ -510,6 +857,9 @@ pub fn start(config_path: Option<PathBuf>, overrides: Overrides, mask: SigSet) -
     let code = boot.run(&mut reader);
     if boot.admin.is_some() {
         let _ = std::fs::remove_file(&boot.cfg.admin_socket);
+        if boot.proxy().is_some() {
+            let _ = std::fs::remove_file(&boot.cfg.auth_socket);
+        }
     }
     if let Some(pid_file) = pid_file(&boot.cfg) {
         let _ = std::fs::remove_file(pid_file);

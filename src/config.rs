@@ -31,6 +31,30 @@ pub enum CrashLoopAction {
     Exit,
 }
 
+/// What checks passwords in front of opencode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// occ-init's authenticating proxy holds the public address; opencode listens on
+    /// 127.0.0.1 at `internal_port` and every request needs a container user's login.
+    Proxy,
+    /// The opencode build authenticates by itself (opencode-cloud's PAM fork, or upstream
+    /// with `server_password_file`); opencode listens on the public address.
+    Opencode,
+    /// Nothing checks passwords.
+    None,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Proxy => "proxy",
+            AuthMode::Opencode => "opencode",
+            AuthMode::None => "none",
+        }
+    }
+}
+
 /// Durations in config are strings such as "10s", "500ms", "2m" (or plain seconds).
 mod dur {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -73,6 +97,24 @@ pub struct Config {
     pub bind_address: Option<String>,
     /// Launch even when exposed to the network with no authentication.
     pub allow_unauthenticated_network: bool,
+    /// What checks passwords: `proxy` (occ-init's authenticating proxy), `opencode`, `none`.
+    pub auth: AuthMode,
+    /// opencode's port on 127.0.0.1 behind the proxy (0: a free port picked at boot).
+    pub internal_port: u16,
+    /// The unprivileged system user the proxy runs as (created at boot when missing).
+    pub proxy_user: String,
+    /// The proxy program (default: `occ-proxy` beside the occ-init executable).
+    pub proxy_command: Option<PathBuf>,
+    /// Unix socket on which PID 1 verifies passwords for the proxy (only its uid may connect).
+    pub auth_socket: PathBuf,
+    /// Answer `GET /global/health` without credentials (for load balancers).
+    pub public_health: bool,
+    /// A browser session ends after this long without a request.
+    #[serde(with = "dur")]
+    pub session_idle_timeout: Duration,
+    /// A browser session ends this long after the login, used or not.
+    #[serde(with = "dur")]
+    pub session_max_age: Duration,
     /// opencode sits behind a trusted reverse proxy (shown in status).
     pub trust_proxy: bool,
     pub rate_limit_attempts: u32,
@@ -126,6 +168,14 @@ impl Default for Config {
             port: 3000,
             bind_address: None,
             allow_unauthenticated_network: false,
+            auth: AuthMode::Proxy,
+            internal_port: 0,
+            proxy_user: "occ-proxy".into(),
+            proxy_command: None,
+            auth_socket: PathBuf::from("/run/occ-proxy/auth.sock"),
+            public_health: true,
+            session_idle_timeout: Duration::from_secs(12 * 3600),
+            session_max_age: Duration::from_secs(7 * 24 * 3600),
             trust_proxy: false,
             rate_limit_attempts: 5,
             rate_limit_window_seconds: 60,
@@ -182,6 +232,14 @@ const KEYS: &[&str] = &[
     "port",
     "bind_address",
     "allow_unauthenticated_network",
+    "auth",
+    "internal_port",
+    "proxy_user",
+    "proxy_command",
+    "auth_socket",
+    "public_health",
+    "session_idle_timeout",
+    "session_max_age",
     "trust_proxy",
     "rate_limit_attempts",
     "rate_limit_window_seconds",
@@ -230,19 +288,19 @@ impl Config {
             None => toml::Table::new(),
         };
         // opencode-cloud's variables, below our own OCC_* ones.
-        if let Some(h) = env.get("OPENCODE_HOST") {
+        if let Some(h) = env.get("OPENCODE_HOST").filter(|v| !is_service_link(v)) {
             table.insert("host".into(), toml::Value::String(h.clone()));
         }
         if let Some((name, p)) = ["PORT", "OPENCODE_PORT"]
             .iter()
             .rev()
-            .find_map(|n| env.get(*n).map(|v| (*n, v)))
+            .find_map(|n| env.get(*n).filter(|v| !is_service_link(v)).map(|v| (*n, v)))
         {
             table.insert("port".into(), env_value(name, "port", p)?);
         }
         for key in KEYS {
             let name = env_name(key);
-            if let Some(raw) = env.get(&name) {
+            if let Some(raw) = env.get(&name).filter(|v| !is_service_link(v)) {
                 table.insert(key.to_string(), env_value(&name, key, raw)?);
             }
         }
@@ -326,6 +384,32 @@ impl Config {
                 format!("'{}' is not a valid user name", self.service_user),
             );
         }
+        if crate::manifest::check_name(&self.proxy_user).is_err() {
+            return bad(
+                "proxy_user",
+                format!("'{}' is not a valid user name", self.proxy_user),
+            );
+        }
+        if self.auth == AuthMode::Proxy {
+            if self.proxy_user == self.service_user || self.proxy_user == "root" {
+                return bad(
+                    "proxy_user",
+                    "must be a user of its own (not root, not the service user)".into(),
+                );
+            }
+            if self.internal_port != 0 && self.internal_port == self.port {
+                return bad(
+                    "internal_port",
+                    "must differ from port (the proxy listens there)".into(),
+                );
+            }
+        }
+        if self.session_idle_timeout.is_zero() || self.session_max_age.is_zero() {
+            return bad(
+                "session_idle_timeout",
+                "session_idle_timeout and session_max_age must be above zero".into(),
+            );
+        }
         if !self.health_path.starts_with('/') {
             return bad("health_path", "must start with /".into());
         }
@@ -350,6 +434,8 @@ impl Config {
             ("health_timeout", self.health_timeout),
             ("startup_timeout", self.startup_timeout),
             ("stop_grace", self.stop_grace),
+            ("session_idle_timeout", self.session_idle_timeout),
+            ("session_max_age", self.session_max_age),
         ] {
             if d > year {
                 return bad(key, "must be at most a year".into());
@@ -365,6 +451,15 @@ impl Config {
             return bad("rate_limit_window_seconds", "must be at most a year".into());
         }
         Ok(())
+    }
+
+    /// Address and port opencode itself listens on: 127.0.0.1 and `port` (the internal
+    /// one, filled in at boot) behind the proxy, else `host`:`port`.
+    pub fn opencode_listen(&self, internal_port: u16) -> (String, u16) {
+        match self.auth {
+            AuthMode::Proxy => ("127.0.0.1".into(), internal_port),
+            _ => (self.host.clone(), self.port),
+        }
     }
 
     /// The address exposure is judged on (see [`crate::policy::exposure_address`]).
@@ -386,6 +481,20 @@ impl Config {
     }
 }
 
+/// A Kubernetes service link (`OPENCODE_PORT=tcp://10.96.0.12:3000`, injected for a Service
+/// named `opencode` or `occ`): not a setting, ignored with a warning.
+fn is_service_link(value: &str) -> bool {
+    let link = ["tcp://", "udp://", "sctp://"]
+        .iter()
+        .any(|p| value.trim().starts_with(p));
+    if link {
+        log::warn!(
+            "ignoring '{value}' in the environment: a Kubernetes service link, not a setting (set enableServiceLinks: false)"
+        );
+    }
+    link
+}
+
 /// Convert an environment variable's text into the TOML value its key expects.
 fn env_value(name: &str, key: &str, raw: &str) -> Result<toml::Value, ConfigError> {
     let err = |message: String| ConfigError::Env {
@@ -394,6 +503,7 @@ fn env_value(name: &str, key: &str, raw: &str) -> Result<toml::Value, ConfigErro
     };
     Ok(match key {
         "port"
+        | "internal_port"
         | "rate_limit_attempts"
         | "rate_limit_window_seconds"
         | "crash_loop_exits"
@@ -402,7 +512,7 @@ fn env_value(name: &str, key: &str, raw: &str) -> Result<toml::Value, ConfigErro
                 .parse::<i64>()
                 .map_err(|_| err(format!("'{raw}' is not a number")))?,
         ),
-        "allow_unauthenticated_network" | "trust_proxy" => {
+        "allow_unauthenticated_network" | "trust_proxy" | "public_health" => {
             toml::Value::Boolean(match raw.trim().to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => true,
                 "0" | "false" | "no" | "off" | "" => false,
@@ -509,6 +619,62 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_service_links_are_ignored_not_fatal() {
+        let c = Config::build(
+            None,
+            &env(&[
+                ("OPENCODE_PORT", "tcp://10.96.0.12:3000"),
+                ("OCC_PORT", "tcp://10.96.0.13:3000"),
+                ("OCC_HOST", "tcp://10.96.0.13"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 3000));
+        // A real value next to a link still counts.
+        let c = Config::build(
+            None,
+            &env(&[("OPENCODE_PORT", "tcp://10.96.0.12:3000"), ("PORT", "4000")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.port, 4000, "a link is skipped: PORT, below it, counts");
+    }
+
+    #[test]
+    fn auth_settings_parse_and_validate() {
+        let c = Config::build(
+            None,
+            &env(&[
+                ("OCC_AUTH", "none"),
+                ("OCC_PUBLIC_HEALTH", "false"),
+                ("OCC_INTERNAL_PORT", "4096"),
+                ("OCC_SESSION_MAX_AGE", "1d"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.auth, AuthMode::None);
+        assert!(!c.public_health);
+        assert_eq!(c.internal_port, 4096);
+        assert_eq!(c.session_max_age, Duration::from_secs(86400));
+        assert_eq!(c.opencode_listen(4096), ("0.0.0.0".to_string(), 3000));
+        let d = Config::default();
+        assert_eq!(d.auth, AuthMode::Proxy);
+        assert_eq!(d.opencode_listen(4567), ("127.0.0.1".to_string(), 4567));
+        for (pairs, key) in [
+            (vec![("OCC_AUTH", "pam")], "environment"),
+            (vec![("OCC_PROXY_USER", "opencoder")], "proxy_user"),
+            (vec![("OCC_PROXY_USER", "root")], "proxy_user"),
+            (vec![("OCC_INTERNAL_PORT", "3000")], "internal_port"),
+            (vec![("OCC_SESSION_IDLE_TIMEOUT", "0")], "session_idle_timeout"),
+        ] {
+            let e = Config::build(None, &env(&pairs), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains(key), "{pairs:?}: {e}");
+        }
+    }
+
+    #[test]
     fn env_forms_of_every_kind() {
         let e = env(&[
             ("OCC_ALLOW_UNAUTHENTICATED_NETWORK", "true"),
@@ -538,6 +704,7 @@ mod tests {
             workdir: Some("/w".into()),
             bind_address: Some("::1".into()),
             server_password_file: Some("/p".into()),
+            proxy_command: Some("/usr/local/bin/occ-proxy".into()),
             ..Config::default()
         }
         .render()

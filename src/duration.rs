@@ -1,4 +1,4 @@
-//! Human-friendly durations for options and config: `10`, `10s`, `500ms`, `2m`, `1h`.
+//! Human-friendly durations for options and config: `10`, `10s`, `500ms`, `2m`, `1h`, `7d`.
 
 use std::time::Duration;
 
@@ -22,9 +22,10 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         other => {
             return Err(format!(
-                "invalid duration '{text}': unknown unit '{other}' (use ms, s, m or h)"
+                "invalid duration '{text}': unknown unit '{other}' (use ms, s, m, h or d)"
             ))
         }
     };
@@ -56,6 +57,7 @@ mod tests {
         assert_eq!(parse("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse("7d").unwrap(), Duration::from_secs(7 * 86400));
         assert_eq!(parse("2.5").unwrap(), Duration::from_millis(2500));
         assert_eq!(parse(" 0 ").unwrap(), Duration::ZERO);
     }

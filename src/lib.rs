@@ -13,6 +13,8 @@ pub mod init;
 pub mod logging;
 pub mod manifest;
 pub mod policy;
+pub mod proxy;
+pub mod ratelimit;
 pub mod secret;
 pub mod spawn;
 pub mod status;

@@ -5,6 +5,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use thiserror::Error;
 
+use crate::config::AuthMode;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PolicyError {
     #[error("invalid address '{0}': use an IPv4 or IPv6 address ([::1] or ::1) or 'localhost'")]
@@ -72,6 +74,18 @@ pub struct Facts {
     /// At least one valid, unlocked user, or a server password file.
     pub authenticated: bool,
     pub allow_unauthenticated_network: bool,
+    /// Users exist but nothing checks their passwords (`auth = none`).
+    pub users_unchecked: bool,
+}
+
+/// Whether something checks passwords in front of opencode: users count only when the proxy
+/// or opencode itself checks them; upstream's server password only when opencode gets it.
+pub fn authenticated(auth: AuthMode, login_users: usize, server_password: bool) -> bool {
+    match auth {
+        AuthMode::Proxy => login_users > 0,
+        AuthMode::Opencode => login_users > 0 || server_password,
+        AuthMode::None => false,
+    }
 }
 
 /// The bind policy (seed 003): local → launch; exposed with auth → launch; exposed without
@@ -82,6 +96,13 @@ pub fn decide(f: &Facts) -> Decision {
         (true, false, true) => Decision::LaunchWithWarning(format!(
             "opencode is exposed to the network on {} WITHOUT authentication \
              (allow_unauthenticated_network is set): anyone who can reach it can run code here",
+            f.address
+        )),
+        (true, false, false) if f.users_unchecked => Decision::Gate(format!(
+            "opencode is not started: it would be exposed to the network on {} and auth = none, \
+             so nothing checks the users' passwords. Set OCC_AUTH=proxy (the default), bind to \
+             127.0.0.1 (OCC_BIND_ADDRESS), or set OCC_ALLOW_UNAUTHENTICATED_NETWORK=true to run \
+             it unprotected",
             f.address
         )),
         (true, false, false) => Decision::Gate(format!(
@@ -122,6 +143,7 @@ mod tests {
                 exposed,
                 authenticated: auth,
                 allow_unauthenticated_network: allow,
+                users_unchecked: false,
             });
             let got = match d {
                 Decision::Launch => "launch",
@@ -133,12 +155,42 @@ mod tests {
     }
 
     #[test]
+    fn users_count_only_when_something_checks_them() {
+        use AuthMode::*;
+        let table = [
+            (Proxy, 0, false, false),
+            (Proxy, 1, false, true),
+            (Proxy, 0, true, false),
+            (Opencode, 0, false, false),
+            (Opencode, 1, false, true),
+            (Opencode, 0, true, true),
+            (None, 3, false, false),
+            (None, 3, true, false),
+        ];
+        for (mode, users, pw, want) in table {
+            assert_eq!(authenticated(mode, users, pw), want, "{mode:?} {users} {pw}");
+        }
+        let d = decide(&Facts {
+            address: "0.0.0.0".into(),
+            exposed: true,
+            authenticated: false,
+            allow_unauthenticated_network: false,
+            users_unchecked: true,
+        });
+        let Decision::Gate(msg) = d else {
+            panic!("{d:?}")
+        };
+        assert!(msg.contains("auth = none"), "{msg}");
+    }
+
+    #[test]
     fn gate_message_says_how_to_fix_it() {
         let d = decide(&Facts {
             address: "0.0.0.0".into(),
             exposed: true,
             authenticated: false,
             allow_unauthenticated_network: false,
+            users_unchecked: false,
         });
         let Decision::Gate(msg) = d else { panic!() };
         assert!(

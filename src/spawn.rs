@@ -68,6 +68,10 @@ pub struct SpawnSpec {
     pub env: Option<Vec<(OsString, OsString)>>,
     pub cwd: Option<std::path::PathBuf>,
     pub credentials: Option<Credentials>,
+    /// Descriptors handed to the child as 3, 4, … (e.g. a listening socket).
+    pub pass_fds: Vec<std::os::fd::RawFd>,
+    /// Set no_new_privs: the child and its descendants can never gain privileges.
+    pub no_new_privs: bool,
 }
 
 /// Start `argv` as a child in its own process group (inheriting the environment minus
@@ -97,23 +101,54 @@ pub fn spawn_spec(spec: &SpawnSpec) -> Result<Pid, SpawnError> {
             }
         }
     }
-    if let Some(dir) = &spec.cwd {
-        cmd.current_dir(dir);
-    }
+    // The working directory is entered after privileges are dropped (below), so a workspace
+    // symlinked somewhere only root may enter is refused instead of becoming the cwd.
+    let cwd = match &spec.cwd {
+        Some(dir) => Some(
+            std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| {
+                SpawnError::Other {
+                    cmd: program.to_string_lossy().into_owned(),
+                    source: io::Error::new(io::ErrorKind::InvalidInput, "NUL in working directory"),
+                }
+            })?,
+        ),
+        None => None,
+    };
     let creds = spec.credentials.clone();
+    let pass_fds = spec.pass_fds.clone();
+    let no_new_privs = spec.no_new_privs;
     // SAFETY: the closure only makes async-signal-safe system calls (setpgid, isatty,
-    // tcsetpgrp, rt_sigaction, sigprocmask, setgroups, setgid, setuid); the group list was
-    // allocated before the fork.
+    // tcsetpgrp, rt_sigaction, sigprocmask, dup2, fcntl, prctl, setgroups, setgid, setuid);
+    // the group and descriptor lists were allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
             isolate_child();
             crate::init::signals::reset_for_exec().map_err(io::Error::from)?;
+            for (i, fd) in pass_fds.iter().enumerate() {
+                let target = 3 + i as libc::c_int;
+                if *fd == target {
+                    // dup2 onto itself keeps close-on-exec: clear it instead.
+                    if libc::fcntl(target, libc::F_SETFD, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(*fd, target) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             if let Some(c) = &creds {
                 let groups: &[libc::gid_t] = &c.groups;
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setgid(c.gid) != 0
                     || libc::setuid(c.uid) != 0
                 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some(dir) = &cwd {
+                if libc::chdir(dir.as_ptr()) != 0 {
                     return Err(io::Error::last_os_error());
                 }
             }

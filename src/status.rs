@@ -8,6 +8,9 @@ pub struct Status {
     pub version: String,
     pub uptime_seconds: u64,
     pub opencode: Opencode,
+    /// The authenticating proxy, when `auth = proxy`.
+    #[serde(default)]
+    pub proxy: Option<ProxyStatus>,
     pub security: Security,
     pub users: UsersStatus,
 }
@@ -29,10 +32,27 @@ pub struct Opencode {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    /// starting, ready, restarting, backoff, …
+    pub state: String,
+    pub ready: bool,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    pub last_exit_code: Option<i32>,
+    /// The public address it serves.
+    pub listen: String,
+    /// The unprivileged user it runs as.
+    pub user: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Security {
     pub binding: String,
     pub network_exposed: bool,
     pub auth_users: Vec<String>,
+    /// Who checks logins: `proxy` (occ-init's proxy, PAM), `opencode` or `none`.
+    #[serde(default)]
+    pub auth_enforced_by: String,
     pub server_password: bool,
     pub trust_proxy: bool,
     pub rate_limit_attempts: u32,
@@ -108,6 +128,22 @@ pub fn render(s: &Status, color: bool) -> String {
         out.push_str(&format!("Gate:        {}\n", red("CLOSED")));
         out.push_str(&format!("             {why}\n"));
     }
+    if let Some(p) = &s.proxy {
+        let state = match p.state.as_str() {
+            "ready" => green("ready"),
+            "stopped" => red(&p.state),
+            other => yellow(other),
+        };
+        out.push_str("\nproxy\n-----\n");
+        let pid = p.pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default();
+        out.push_str(&format!("State:       {state}{pid}\n"));
+        out.push_str(&format!("Listen:      {} (as user {})\n", p.listen, p.user));
+        let last = p
+            .last_exit_code
+            .map(|c| format!(" (last exit: status {c})"))
+            .unwrap_or_default();
+        out.push_str(&format!("Restarts:    {}{last}\n", p.restarts));
+    }
     let sec = &s.security;
     out.push_str("\nSecurity\n--------\n");
     let badge = if sec.network_exposed {
@@ -122,6 +158,16 @@ pub fn render(s: &Status, color: bool) -> String {
         sec.auth_users.join(", ")
     };
     out.push_str(&format!("Auth users:  {users}\n"));
+    let n = sec.auth_users.len();
+    let auth = match sec.auth_enforced_by.as_str() {
+        "proxy" => format!(
+            "occ-init proxy (PAM), {n} user{}",
+            if n == 1 { "" } else { "s" }
+        ),
+        "opencode" => "opencode (its own login)".to_string(),
+        _ => yellow("none — opencode is unsecured"),
+    };
+    out.push_str(&format!("Auth:        {auth}\n"));
     if sec.server_password {
         out.push_str("Server pw:   set (OPENCODE_SERVER_PASSWORD from file)\n");
     }
@@ -145,7 +191,12 @@ pub fn render(s: &Status, color: bool) -> String {
     if let Some(e) = &s.users.error {
         out.push_str(&format!("Manifest error: {}\n", red(e)));
     }
-    if sec.network_exposed && sec.auth_users.is_empty() && !sec.server_password {
+    let unprotected = match sec.auth_enforced_by.as_str() {
+        "proxy" => sec.auth_users.is_empty(),
+        "opencode" => false,
+        _ => true,
+    };
+    if sec.network_exposed && unprotected {
         out.push_str(&format!(
             "\n{}\nAdd users: docker exec <container> occ-init user add NAME\n",
             red("Warning: Network exposed without authentication!")
@@ -174,10 +225,20 @@ mod tests {
                 command: vec!["opencode".into(), "serve".into()],
                 gate_reason: Some("no user".into()),
             },
+            proxy: Some(ProxyStatus {
+                state: "ready".into(),
+                ready: true,
+                pid: Some(7),
+                restarts: 0,
+                last_exit_code: None,
+                listen: "0.0.0.0:3000".into(),
+                user: "occ-proxy".into(),
+            }),
             security: Security {
                 binding: "0.0.0.0".into(),
                 network_exposed: true,
                 auth_users: vec![],
+                auth_enforced_by: "proxy".into(),
                 server_password: false,
                 trust_proxy: false,
                 rate_limit_attempts: 5,
@@ -205,6 +266,8 @@ mod tests {
             "Add users: docker exec <container> occ-init user add NAME",
             "State:       gated",
             "(changes persist)",
+            "Auth:        occ-init proxy (PAM), 0 users",
+            "proxy\n-----\nState:       ready (pid 7)",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
@@ -237,5 +300,19 @@ mod tests {
         let s = sample();
         let back: Status = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn users_without_a_password_check_are_still_a_warning() {
+        let mut s = sample();
+        s.security.auth_users = vec!["alice".into()];
+        s.security.auth_enforced_by = "none".into();
+        let text = render(&s, false);
+        assert!(text.contains("Auth:        none — opencode is unsecured"), "{text}");
+        assert!(text.contains("Network exposed without authentication!"), "{text}");
+        s.security.auth_enforced_by = "proxy".into();
+        let text = render(&s, false);
+        assert!(text.contains("Auth:        occ-init proxy (PAM), 1 user\n"), "{text}");
+        assert!(!text.contains("without authentication"), "{text}");
     }
 }

@@ -2,8 +2,6 @@
 //! decoding JSON bodies, error bodies, and the rate limiter for password checks.
 //! Documented in docs/api/openapi.json (tests check the server against it).
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::json;
@@ -111,9 +109,71 @@ struct SecretBody {
 }
 
 fn json_body<'a, T: Deserialize<'a>>(req: &'a Request) -> Result<T, ApiError> {
-    // serde_json's messages name positions and fields, never values.
-    serde_json::from_slice(&req.body)
-        .map_err(|e| ApiError::new(400, "bad_json", format!("invalid JSON body: {e}")))
+    // serde_json's messages can quote a value ("invalid type: integer `12345678`"), and
+    // bodies hold passwords: say only what kind of problem and where.
+    serde_json::from_slice(&req.body).map_err(|e| {
+        let kind = match e.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "malformed",
+            serde_json::error::Category::Eof => "truncated",
+            serde_json::error::Category::Data => "wrong fields or field types in",
+        };
+        ApiError::new(
+            400,
+            "bad_json",
+            format!(
+                "{kind} JSON body (line {}, column {}); see docs/api/openapi.json",
+                e.line(),
+                e.column()
+            ),
+        )
+    })
+}
+
+/// What the proxy asks on the auth socket.
+#[derive(Debug)]
+pub enum AuthRoute {
+    /// Is opencode gated (and why), is it ready?
+    State,
+    /// Can `name` log in now, and with which login fingerprint?
+    User { name: String },
+    /// Check a password (rate-limited per user and per client address).
+    Verify {
+        name: String,
+        password: SecretString,
+        client: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthVerifyBody {
+    name: String,
+    password: String,
+    client: String,
+}
+
+/// Map a request on the auth socket to a route.
+pub fn route_auth(req: &Request) -> Result<AuthRoute, ApiError> {
+    let segs: Vec<&str> = req.path.trim_end_matches('/').split('/').skip(1).collect();
+    let m = req.method.as_str();
+    let not_found = || ApiError::new(404, "not_found", format!("no such resource {}", req.path));
+    match (m, segs.as_slice()) {
+        ("GET", ["v1", "auth", "state"]) => Ok(AuthRoute::State),
+        ("GET", ["v1", "auth", "users", name]) => Ok(AuthRoute::User {
+            name: name.to_string(),
+        }),
+        ("POST", ["v1", "auth", "verify"]) => {
+            let b: AuthVerifyBody = json_body(req)?;
+            // Bounded keys for the limiter, whatever the client sends.
+            Ok(AuthRoute::Verify {
+                name: b.name.chars().take(64).collect(),
+                password: SecretString::new(b.password),
+                client: b.client.chars().take(64).collect(),
+            })
+        }
+        _ => Err(not_found()),
+    }
 }
 
 fn secret(password: Option<String>, hash: Option<String>) -> Result<Secret, ApiError> {
@@ -234,69 +294,7 @@ pub fn users_error(e: &crate::users::UsersError) -> ApiError {
     ApiError::new(status, code, e.to_string())
 }
 
-/// Progressive delays once the attempts in a window are used up (seed 003).
-pub const DELAYS: [Duration; 4] = [
-    Duration::from_secs(1),
-    Duration::from_secs(5),
-    Duration::from_secs(30),
-    Duration::from_secs(300),
-];
-
-/// Failed password checks per key (a client or a user name) within a sliding window;
-/// once `attempts` are used up each further attempt must wait 1 s, 5 s, 30 s, then 300 s.
-#[derive(Debug)]
-pub struct RateLimiter {
-    attempts: usize,
-    window: Duration,
-    failures: HashMap<String, Vec<Instant>>,
-}
-
-impl RateLimiter {
-    pub fn new(attempts: u32, window: Duration) -> RateLimiter {
-        RateLimiter {
-            attempts: attempts.max(1) as usize,
-            window,
-            failures: HashMap::new(),
-        }
-    }
-
-    fn recent(&mut self, key: &str, now: Instant) -> &mut Vec<Instant> {
-        let window = self.window;
-        let v = self.failures.entry(key.to_string()).or_default();
-        v.retain(|t| now.duration_since(*t) < window);
-        v
-    }
-
-    /// `Err(wait)` when `key` must wait before trying again.
-    pub fn check(&mut self, key: &str, now: Instant) -> Result<(), Duration> {
-        let attempts = self.attempts;
-        let v = self.recent(key, now);
-        if v.len() < attempts {
-            return Ok(());
-        }
-        let over = v.len() - attempts;
-        let delay = DELAYS[over.min(DELAYS.len() - 1)];
-        let last = *v.last().unwrap_or(&now);
-        let ready = last + delay;
-        if now >= ready {
-            Ok(())
-        } else {
-            Err(ready - now)
-        }
-    }
-
-    pub fn failure(&mut self, key: &str, now: Instant) {
-        self.recent(key, now).push(now);
-        // Keep memory bounded whatever clients do.
-        if self.failures.len() > 10_000 {
-            self.failures.retain(|_, v| !v.is_empty());
-        }
-    }
-
-    pub fn success(&mut self, key: &str) {
-        self.failures.remove(key);
-    }
-}
+pub use crate::ratelimit::RateLimiter;
 
 #[cfg(test)]
 mod tests {
@@ -458,46 +456,6 @@ mod tests {
         assert!(!format!("{:?}", Secret::Password("hunter2".into())).contains("hunter2"));
     }
 
-    #[test]
-    fn rate_limiter_allows_then_delays_progressively() {
-        let t = Instant::now();
-        let mut rl = RateLimiter::new(3, Duration::from_secs(60));
-        for i in 0..3 {
-            assert_eq!(rl.check("u", t), Ok(()), "attempt {i}");
-            rl.failure("u", t);
-        }
-        assert_eq!(rl.check("u", t), Err(Duration::from_secs(1)));
-        assert_eq!(rl.check("u", t + Duration::from_secs(1)), Ok(()));
-        rl.failure("u", t + Duration::from_secs(1));
-        assert_eq!(
-            rl.check("u", t + Duration::from_secs(1)),
-            Err(Duration::from_secs(5))
-        );
-        rl.failure("u", t + Duration::from_secs(6));
-        assert_eq!(
-            rl.check("u", t + Duration::from_secs(6)),
-            Err(Duration::from_secs(30))
-        );
-        rl.failure("u", t + Duration::from_secs(36));
-        assert_eq!(
-            rl.check("u", t + Duration::from_secs(36)),
-            Err(Duration::from_secs(300))
-        );
-        // Other keys are independent; success resets.
-        assert_eq!(rl.check("other", t), Ok(()));
-        rl.success("u");
-        assert_eq!(rl.check("u", t + Duration::from_secs(37)), Ok(()));
-    }
-
-    #[test]
-    fn failures_expire_with_the_window() {
-        let t = Instant::now();
-        let mut rl = RateLimiter::new(2, Duration::from_secs(60));
-        rl.failure("u", t);
-        rl.failure("u", t);
-        assert!(rl.check("u", t).is_err());
-        assert_eq!(rl.check("u", t + Duration::from_secs(61)), Ok(()));
-    }
 }
 
 /// Stable-toolchain stand-in for the `admin_request` cargo-fuzz target: mutated requests go

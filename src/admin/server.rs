@@ -120,10 +120,22 @@ impl AsFd for Mailbox {
     }
 }
 
+/// Whether opencode is gated, as the proxy must show it (kept current by PID 1's loop).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GateView {
+    /// Why opencode is held back; `None` when it may run.
+    pub reason: Option<String>,
+    /// opencode answers health probes.
+    pub ready: bool,
+}
+
 /// What connection threads share; PID 1's loop updates it on reload.
 pub struct Shared {
     pub users: Mutex<Users>,
     pub limiter: Mutex<RateLimiter>,
+    pub gate: Mutex<GateView>,
+    /// The uid that may use the auth socket (the proxy's user).
+    pub auth_uid: Mutex<Option<u32>>,
     jobs: Mutex<Sender<Job>>,
     waker: WakeWriter,
     active: AtomicUsize,
@@ -199,6 +211,8 @@ pub fn start(
     let shared = Arc::new(Shared {
         users: Mutex::new(users),
         limiter: Mutex::new(limiter),
+        gate: Mutex::new(GateView::default()),
+        auth_uid: Mutex::new(None),
         jobs: Mutex::new(tx),
         waker,
         active: AtomicUsize::new(0),
@@ -206,9 +220,45 @@ pub fn start(
     let accept_shared = shared.clone();
     std::thread::Builder::new()
         .name("admin-accept".into())
-        .spawn(move || accept_loop(listener, accept_shared))
+        .spawn(move || accept_loop(listener, accept_shared, serve))
         .map_err(io_err)?;
     Ok((Mailbox { jobs: rx, wake }, shared))
+}
+
+/// The auth socket for the proxy: PID 1 verifies passwords (PAM, rate-limited) and answers
+/// whether a login is still valid and whether opencode is gated. Only `uid` (and root) may
+/// use it: the socket is 0660 root:`gid` in a directory occ-init creates 0750 root:`gid`,
+/// and every connection's peer uid is checked.
+pub fn start_auth(path: &Path, shared: Arc<Shared>, uid: u32, gid: u32) -> Result<(), AdminError> {
+    let io_err = |source| AdminError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io_err)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+                .map_err(io_err)?;
+            std::os::unix::fs::chown(dir, Some(0), Some(gid)).map_err(io_err)?;
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(AdminError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(io_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err)?;
+    std::os::unix::fs::chown(path, Some(0), Some(gid)).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err)?;
+    if let Ok(mut u) = shared.auth_uid.lock() {
+        *u = Some(uid);
+    }
+    std::thread::Builder::new()
+        .name("auth-accept".into())
+        .spawn(move || accept_loop(listener, shared, serve_auth))
+        .map_err(io_err)?;
+    Ok(())
 }
 
 /// One of the [`MAX_CONNECTIONS`] connection slots, released on drop.
@@ -220,7 +270,11 @@ impl Drop for Slot {
     }
 }
 
-fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+fn accept_loop(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    serve: fn(&mut UnixStream, &Shared),
+) {
     for stream in listener.incoming() {
         let mut stream = match stream {
             Ok(s) => s,
@@ -281,6 +335,123 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
 /// becomes a response or a closed connection.
 fn serve(stream: &mut UnixStream, shared: &Shared) {
     let uid = peer_uid(stream);
+    let Some(req) = read_request(stream) else {
+        return;
+    };
+    let response = if uid != Some(0) {
+        ApiError::new(403, "forbidden", "the admin socket is for root only").response()
+    } else {
+        match api::route(&req) {
+            Ok(route) => handle(route, uid.unwrap_or(0), shared),
+            Err(e) => e.response(),
+        }
+    };
+    // Method and path only: bodies may hold passwords.
+    log::debug!("admin: {} {} -> {}", req.method, req.path, response.status);
+    let _ = response.write_to(stream);
+}
+
+/// One connection on the auth socket (see [`start_auth`]).
+fn serve_auth(stream: &mut UnixStream, shared: &Shared) {
+    let uid = peer_uid(stream);
+    let allowed = shared.auth_uid.lock().ok().and_then(|u| *u);
+    let Some(req) = read_request(stream) else {
+        return;
+    };
+    let response = if uid.is_none() || (uid != Some(0) && uid != allowed) {
+        ApiError::new(403, "forbidden", "the auth socket is for occ-init's proxy only").response()
+    } else {
+        match api::route_auth(&req) {
+            Ok(route) => handle_auth(route, shared),
+            Err(e) => e.response(),
+        }
+    };
+    log::debug!("auth: {} {} -> {}", req.method, req.path, response.status);
+    let _ = response.write_to(stream);
+}
+
+fn handle_auth(route: api::AuthRoute, shared: &Shared) -> Response {
+    let result: Result<Response, ApiError> = (|| match route {
+        api::AuthRoute::State => {
+            let gate = shared
+                .gate
+                .lock()
+                .map(|g| g.clone())
+                .map_err(|_| ApiError::new(500, "internal", "gate state unavailable"))?;
+            Ok(ok(
+                200,
+                json!({"gated": gate.reason.is_some(), "reason": gate.reason, "ready": gate.ready}),
+            ))
+        }
+        api::AuthRoute::User { name } => {
+            match users_of(shared)?
+                .login_fingerprint(&name)
+                .map_err(|e| api::users_error(&e))?
+            {
+                Some(fp) => Ok(ok(200, json!({"name": name, "fingerprint": fp.to_string()}))),
+                None => Err(ApiError::new(404, "no_login", "not a user who can log in")),
+            }
+        }
+        api::AuthRoute::Verify {
+            name,
+            password,
+            client,
+        } => {
+            let keys = vec![format!("user:{name}"), format!("client:{client}")];
+            verify_login(shared, &keys, &name, password)
+        }
+    })();
+    result.unwrap_or_else(|e| e.response())
+}
+
+/// Reserve an attempt with the rate limiter (429 with Retry-After when one of `keys` must
+/// wait), check the password of a login user through PAM, and clear the reservation on
+/// success. Unknown names, locked users and wrong passwords give the same answer.
+fn verify_login(
+    shared: &Shared,
+    keys: &[String],
+    name: &str,
+    password: crate::secret::SecretString,
+) -> Result<Response, ApiError> {
+    let begun = shared
+        .limiter
+        .lock()
+        .map_err(|_| ApiError::new(500, "internal", "limiter"))?
+        .begin(keys, Instant::now());
+    if let Err(wait) = begun {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut r = ApiError::new(
+            429,
+            "rate_limited",
+            format!("too many failed attempts; retry in {secs}s"),
+        )
+        .response();
+        r.headers.push(("Retry-After".into(), secs.to_string()));
+        return Ok(r);
+    }
+    let users = users_of(shared)?;
+    let fingerprint = match users.login_fingerprint(name) {
+        Ok(Some(fp)) => users.verify(name, &password).ok().map(|()| fp),
+        Ok(None) => None,
+        Err(e) => {
+            log::warn!("auth: cannot read the users: {e}");
+            None
+        }
+    };
+    drop(password);
+    match fingerprint {
+        Some(fp) => {
+            if let Ok(mut rl) = shared.limiter.lock() {
+                rl.succeeded(keys);
+            }
+            Ok(ok(200, json!({"ok": true, "fingerprint": fp.to_string()})))
+        }
+        None => Err(api::users_error(&UsersError::AuthFailed)),
+    }
+}
+
+/// Read one request within [`REQUEST_DEADLINE`]; on a bad one answer the error and give `None`.
+fn read_request(stream: &mut UnixStream) -> Option<http::Request> {
     let req = {
         let mut reader = Deadline {
             inner: stream,
@@ -288,13 +459,13 @@ fn serve(stream: &mut UnixStream, shared: &Shared) {
         };
         http::read_request(&mut reader)
     };
-    let req = match req {
-        Ok(r) => r,
+    match req {
+        Ok(r) => Some(r),
         Err(http::HttpError::Incomplete) => {
             let _ = ApiError::new(400, "bad_request", "incomplete request")
                 .response()
                 .write_to(stream);
-            return;
+            None
         }
         Err(e) => {
             let code = if e.status() == 413 {
@@ -313,20 +484,9 @@ fn serve(stream: &mut UnixStream, shared: &Shared) {
             let _ = ApiError::new(e.status(), code, msg)
                 .response()
                 .write_to(stream);
-            return;
+            None
         }
-    };
-    let response = if uid != Some(0) {
-        ApiError::new(403, "forbidden", "the admin socket is for root only").response()
-    } else {
-        match api::route(&req) {
-            Ok(route) => handle(route, uid.unwrap_or(0), shared),
-            Err(e) => e.response(),
-        }
-    };
-    // Method and path only: bodies may hold passwords.
-    log::debug!("admin: {} {} -> {}", req.method, req.path, response.status);
-    let _ = response.write_to(stream);
+    }
 }
 
 fn ok(status: u16, v: serde_json::Value) -> Response {
@@ -439,48 +599,9 @@ fn verify(
     name: &str,
     password: api::Secret,
 ) -> Result<Response, ApiError> {
-    let keys = [format!("client:{uid}"), format!("user:{name}")];
-    {
-        let mut rl = shared
-            .limiter
-            .lock()
-            .map_err(|_| ApiError::new(500, "internal", "limiter"))?;
-        let now = Instant::now();
-        let wait = keys.iter().filter_map(|k| rl.check(k, now).err()).max();
-        if let Some(wait) = wait {
-            let secs = wait.as_secs_f64().ceil() as u64;
-            let mut r = ApiError::new(
-                429,
-                "rate_limited",
-                format!("too many failed attempts; retry in {secs}s"),
-            )
-            .response();
-            r.headers.push(("Retry-After".into(), secs.to_string()));
-            return Ok(r);
-        }
-    }
     let api::Secret::Password(p) = password else {
         return Err(ApiError::new(400, "bad_json", "verify takes a password"));
     };
-    let secret = crate::secret::SecretString::new(p);
-    let result = users_of(shared)?.verify(name, &secret);
-    let mut rl = shared
-        .limiter
-        .lock()
-        .map_err(|_| ApiError::new(500, "internal", "limiter"))?;
-    match result {
-        Ok(()) => {
-            for k in &keys {
-                rl.success(k);
-            }
-            Ok(ok(200, json!({"ok": true})))
-        }
-        Err(e) => {
-            let now = Instant::now();
-            for k in &keys {
-                rl.failure(k, now);
-            }
-            Err(api::users_error(&e))
-        }
-    }
+    let keys = [format!("client:uid:{uid}"), format!("user:{name}")];
+    verify_login(shared, &keys, name, crate::secret::SecretString::new(p))
 }

@@ -179,21 +179,21 @@ pub fn probe(target: &Target) -> Result<(), String> {
 
 /// A worker thread that runs probes and wakes PID 1's loop when a result is ready.
 pub struct Prober {
-    requests: Sender<Target>,
-    results: Receiver<Result<(), String>>,
+    requests: Sender<(usize, Target)>,
+    results: Receiver<(usize, Result<(), String>)>,
     wake: WakeReader,
 }
 
 impl Prober {
     pub fn start() -> std::io::Result<Prober> {
         let (wake, waker) = crate::init::wake::pair()?;
-        let (req_tx, req_rx) = channel::<Target>();
+        let (req_tx, req_rx) = channel::<(usize, Target)>();
         let (res_tx, res_rx) = channel();
         std::thread::Builder::new()
             .name("probe".into())
             .spawn(move || {
-                for target in req_rx {
-                    if res_tx.send(probe(&target)).is_err() {
+                for (tag, target) in req_rx {
+                    if res_tx.send((tag, probe(&target))).is_err() {
                         break;
                     }
                     waker.wake();
@@ -206,12 +206,13 @@ impl Prober {
         })
     }
 
-    pub fn request(&self, target: Target) {
-        let _ = self.requests.send(target);
+    /// Probe `target`; the result comes back with `tag` (which service it was for).
+    pub fn request(&self, tag: usize, target: Target) {
+        let _ = self.requests.send((tag, target));
     }
 
     /// Results that arrived since the last call (drains the wake-up pipe too).
-    pub fn results(&self) -> Vec<Result<(), String>> {
+    pub fn results(&self) -> Vec<(usize, Result<(), String>)> {
         self.wake.drain();
         self.results.try_iter().collect()
     }

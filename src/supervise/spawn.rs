@@ -59,12 +59,12 @@ pub fn lookup(name: &str) -> Result<ServiceUser, String> {
 }
 
 /// opencode's argv: the configured command plus `--hostname H --port P`.
-pub fn argv(cfg: &Config) -> Vec<OsString> {
+pub fn argv(cfg: &Config, host: &str, port: u16) -> Vec<OsString> {
     let mut v: Vec<OsString> = cfg.command.iter().map(OsString::from).collect();
     v.push("--hostname".into());
-    v.push(cfg.host.trim_matches(['[', ']']).into());
+    v.push(host.trim_matches(['[', ']']).into());
     v.push("--port".into());
-    v.push(cfg.port.to_string().into());
+    v.push(port.to_string().into());
     v
 }
 
@@ -137,13 +137,22 @@ pub fn port_in_use(host: &str, port: u16) -> bool {
 }
 
 /// Everything needed to spawn opencode now.
-pub fn spec(cfg: &Config, user: &ServiceUser, password: Option<&SecretString>) -> SpawnSpec {
-    let parent: Vec<(String, String)> = std::env::vars().collect();
+pub fn spec(
+    cfg: &Config,
+    user: &ServiceUser,
+    password: Option<&SecretString>,
+    listen: (&str, u16),
+) -> SpawnSpec {
+    // Non-UTF-8 variables are skipped, never a panic.
+    let parent: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
     SpawnSpec {
-        argv: argv(cfg),
+        argv: argv(cfg, listen.0, listen.1),
         env: Some(environment(cfg, user, &parent, password)),
         cwd: Some(workdir(cfg, user)),
         credentials: Some(user.credentials.clone()),
+        ..SpawnSpec::default()
     }
 }
 
@@ -171,7 +180,14 @@ mod tests {
             port: 4096,
             ..Config::default()
         };
-        let v: Vec<String> = argv(&cfg)
+        let (host, port) = cfg.opencode_listen(5555);
+        assert_eq!((host.as_str(), port), ("127.0.0.1", 5555), "behind the proxy");
+        let cfg = Config {
+            auth: crate::config::AuthMode::Opencode,
+            ..cfg
+        };
+        let (host, port) = cfg.opencode_listen(5555);
+        let v: Vec<String> = argv(&cfg, &host, port)
             .into_iter()
             .map(|s| s.into_string().unwrap())
             .collect();

@@ -145,6 +145,8 @@ pub struct LastExit {
 
 #[derive(Debug, Clone)]
 pub struct Supervisor {
+    /// The service's name in log lines ("opencode", "proxy").
+    pub name: &'static str,
     pub settings: Settings,
     pub phase: Phase,
     pub allowed: bool,
@@ -171,7 +173,13 @@ fn warn(message: String) -> Action {
 
 impl Supervisor {
     pub fn new(settings: Settings) -> Supervisor {
+        Supervisor::named("opencode", settings)
+    }
+
+    /// A supervisor for the service called `name`.
+    pub fn named(name: &'static str, settings: Settings) -> Supervisor {
         Supervisor {
+            name,
             settings,
             phase: Phase::Gated,
             allowed: false,
@@ -215,12 +223,29 @@ impl Supervisor {
                 match self.phase.clone() {
                     Phase::Gated if allowed => self.launch(&mut out),
                     Phase::Backoff { .. } if !allowed => self.phase = Phase::Gated,
+                    // Re-opened while a gated stop is under way: start again once it is down.
+                    Phase::Restarting {
+                        pid,
+                        since,
+                        then: After::Gate,
+                        killed,
+                        started,
+                    } if allowed => {
+                        self.phase = Phase::Restarting {
+                            pid,
+                            since,
+                            then: After::Restart,
+                            killed,
+                            started,
+                        }
+                    }
                     Phase::Starting { pid, since, .. } | Phase::Ready { pid, since, .. }
                         if !allowed =>
                     {
-                        out.push(warn(
-                            "stopping opencode: the bind policy gates it now".into(),
-                        ));
+                        out.push(warn(format!(
+                            "stopping {}: the bind policy gates it now",
+                            self.name
+                        )));
                         self.restart(pid, since, After::Gate, now, &mut out);
                     }
                     _ => {}
@@ -238,7 +263,7 @@ impl Supervisor {
             (Phase::Starting { pid, since, .. }, Event::Probe { ok }) => {
                 self.probe_in_flight = false;
                 if ok {
-                    out.push(log(format!("opencode is ready (pid {pid})")));
+                    out.push(log(format!("{} is ready (pid {pid})", self.name)));
                     self.phase = Phase::Ready {
                         pid,
                         since,
@@ -265,7 +290,7 @@ impl Supervisor {
                 self.probe_in_flight = false;
                 if ok {
                     if failures > 0 {
-                        out.push(log("opencode answers health probes again".into()));
+                        out.push(log(format!("{} answers health probes again", self.name)));
                     }
                     if now.duration_since(since) >= self.settings.stable_after {
                         self.backoff_step = 0;
@@ -278,7 +303,8 @@ impl Supervisor {
                     };
                 } else if failures + 1 >= self.settings.health_failures {
                     out.push(warn(format!(
-                        "opencode failed {} health probes in a row: restarting it",
+                        "{} failed {} health probes in a row: restarting it",
+                        self.name,
                         failures + 1
                     )));
                     self.restart(pid, since, After::Restart, now, &mut out);
@@ -295,7 +321,7 @@ impl Supervisor {
                 Phase::Starting { pid, since, .. } | Phase::Ready { pid, since, .. },
                 Event::RestartRequested,
             ) => {
-                out.push(log("restarting opencode on request".into()));
+                out.push(log(format!("restarting {} on request", self.name)));
                 self.restart(pid, since, After::Restart, now, &mut out);
             }
             (
@@ -339,7 +365,8 @@ impl Supervisor {
         match self.phase.clone() {
             Phase::Starting { pid, since, .. } if now >= since + self.settings.startup_timeout => {
                 out.push(warn(format!(
-                    "opencode did not become ready within {}: restarting it",
+                    "{} did not become ready within {}: restarting it",
+                    self.name,
                     crate::duration::display(self.settings.startup_timeout)
                 )));
                 self.restart(pid, since, After::Restart, now, out);
@@ -351,9 +378,10 @@ impl Supervisor {
                 killed: false,
                 started,
             } if now >= since + self.settings.stop_grace => {
-                out.push(warn(
-                    "opencode ignored TERM for the whole grace period: killing it".into(),
-                ));
+                out.push(warn(format!(
+                    "{} ignored TERM for the whole grace period: killing it",
+                    self.name
+                )));
                 out.push(Action::Signal(pid, Signal::SIGKILL));
                 self.phase = Phase::Restarting {
                     pid,
@@ -417,7 +445,8 @@ impl Supervisor {
         };
         if !wanted {
             out.push(log(format!(
-                "opencode exited with status {code}; restart policy says stop"
+                "{} exited with status {code}; restart policy says stop",
+                self.name
             )));
             self.phase = Phase::Stopped { code };
             out.push(Action::Exit(code));
@@ -436,7 +465,8 @@ impl Supervisor {
             match self.settings.crash_loop_action {
                 CrashLoopAction::Exit => {
                     out.push(warn(format!(
-                        "opencode crash-looped ({} exits within {}): giving up (crash_loop_action = exit)",
+                        "{} crash-looped ({} exits within {}): giving up (crash_loop_action = exit)",
+                        self.name,
                         self.recent_exits.len(),
                         crate::duration::display(self.settings.crash_loop_window)
                     )));
@@ -456,7 +486,8 @@ impl Supervisor {
         self.backoff_step = self.backoff_step.saturating_add(1);
         self.restarts += 1;
         out.push(warn(format!(
-            "opencode exited with status {code}{}; restarting in {}",
+            "{} exited with status {code}{}; restarting in {}",
+            self.name,
             if crash_loop { " (crash loop)" } else { "" },
             crate::duration::display(delay)
         )));
@@ -814,5 +845,33 @@ mod tests {
             .on(Event::Exited { pid: 555, code: 0 }, t + s(2))
             .is_empty());
         assert!(sv.is_ready());
+    }
+
+    #[test]
+    fn gate_reopened_during_the_stop_starts_again() {
+        // `user lock alice` then `user unlock alice` within the grace period.
+        let t = Instant::now();
+        let mut sv = Supervisor::new(settings());
+        assert_eq!(sv.on(Event::Policy(true), t), vec![Action::Spawn]);
+        sv.on(Event::Spawned(42), t);
+        let acts = sv.on(Event::Policy(false), t);
+        assert!(acts.contains(&Action::Signal(42, Signal::SIGTERM)));
+        assert!(sv.on(Event::Policy(true), t).is_empty());
+        let acts = sv.on(Event::Exited { pid: 42, code: 143 }, t + Duration::from_secs(1));
+        assert_eq!(acts, vec![Action::Spawn], "relaunched, not left gated");
+        assert_eq!(sv.phase, Phase::Launching);
+    }
+
+    #[test]
+    fn gate_closed_during_a_restart_stays_gated() {
+        let t = Instant::now();
+        let mut sv = Supervisor::new(settings());
+        sv.on(Event::Policy(true), t);
+        sv.on(Event::Spawned(42), t);
+        sv.on(Event::RestartRequested, t);
+        sv.on(Event::Policy(false), t);
+        let acts = sv.on(Event::Exited { pid: 42, code: 143 }, t);
+        assert!(!acts.contains(&Action::Spawn));
+        assert_eq!(sv.phase, Phase::Gated);
     }
 }

@@ -627,6 +627,27 @@ impl Users {
         Ok(out.to_toml())
     }
 
+    /// A fingerprint of `name`'s login when it is a login user that can log in now (listed,
+    /// present in /etc, unlocked), else `None`. It changes whenever the password, the lock or
+    /// the account changes, so holders of a session can tell that it must end.
+    pub fn login_fingerprint(&self, name: &str) -> Result<Option<u64>, UsersError> {
+        use std::hash::{Hash, Hasher};
+        let active = self
+            .list()?
+            .into_iter()
+            .any(|r| r.name == name && r.in_etc && !r.locked);
+        if !active {
+            return Ok(None);
+        }
+        let accounts = self.accounts()?;
+        let Some(acct) = accounts.get(name) else {
+            return Ok(None);
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (name, acct.uid, acct.shadow.as_deref()).hash(&mut h);
+        Ok(Some(h.finish()))
+    }
+
     /// Check a password through PAM service `opencode`. Any failure is the same generic
     /// error, so callers cannot tell unknown users from wrong passwords.
     pub fn verify(&self, name: &str, password: &SecretString) -> Result<(), UsersError> {

@@ -1,0 +1,150 @@
+//! occ-init's authenticating reverse proxy (binary `occ-proxy`): the pure decisions here
+//! (what a request needs, forms, cookies, Basic credentials, sessions, pages) and the
+//! hyper/tokio server in [`server`]. It runs as its own unprivileged process; PID 1 checks
+//! the passwords.
+
+pub mod auth;
+pub mod pages;
+pub mod request;
+pub mod server;
+pub mod session;
+
+/// The cookie that carries a browser session.
+pub const SESSION_COOKIE: &str = "occ_session";
+/// The proxy's own paths live under this prefix.
+pub const PREFIX: &str = "/_occ/";
+
+use std::net::SocketAddr;
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+
+/// Command line of `occ-proxy` (PID 1 fills it in; nothing on it is secret).
+#[derive(Debug, Parser)]
+#[command(
+    name = "occ-proxy",
+    version = crate::version::SHORT,
+    about = "occ-init's authenticating reverse proxy: every request needs the login of a \
+             container user (checked by occ-init, PID 1); relays to opencode on 127.0.0.1"
+)]
+pub struct Args {
+    /// Serve the listening TCP socket inherited as this file descriptor (how PID 1 starts it).
+    #[arg(long, value_name = "FD", conflicts_with = "listen")]
+    pub listen_fd: Option<i32>,
+    /// Bind this address instead (running it by hand).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// opencode's address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub upstream: SocketAddr,
+    /// PID 1's auth socket.
+    #[arg(long, value_name = "PATH", default_value = "/run/occ-proxy/auth.sock")]
+    pub auth_socket: PathBuf,
+    /// Answer GET /global/health without a login.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub public_health: bool,
+    /// Believe X-Forwarded-For / X-Forwarded-Proto from the client (a trusted proxy in front).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub trust_proxy: bool,
+    /// A browser session ends after this long without a request.
+    #[arg(long, default_value = "12h", value_parser = crate::duration::parse)]
+    pub session_idle: std::time::Duration,
+    /// A browser session ends this long after the login.
+    #[arg(long, default_value = "7d", value_parser = crate::duration::parse)]
+    pub session_max_age: std::time::Duration,
+    /// Connections served at once; more get 503.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+}
+
+/// Raise the soft open-files limit to the hard one (many idle connections).
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain get/setrlimit on our own process with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Entry point of the `occ-proxy` binary.
+pub fn main() -> i32 {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { crate::EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    crate::logging::init_named("occ-proxy");
+    if nix::unistd::geteuid().is_root() {
+        log::error!("refusing to run as root: the proxy faces the network (occ-init starts it as its own user)");
+        return 1;
+    }
+    raise_nofile();
+    let settings = server::Settings {
+        upstream: args.upstream,
+        auth_socket: args.auth_socket,
+        public_health: args.public_health,
+        trust_proxy: args.trust_proxy,
+        session_idle: args.session_idle,
+        session_max_age: args.session_max_age,
+        max_connections: args.max_connections.max(1),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async move {
+        let std_listener = match (args.listen_fd, args.listen) {
+            // SAFETY: PID 1 passes an open listening socket at this descriptor, and nothing
+            // else in this process owns it.
+            (Some(fd), _) => unsafe { std::net::TcpListener::from_raw_fd(fd) },
+            (None, Some(addr)) => match std::net::TcpListener::bind(addr) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::error!("cannot listen on {addr}: {e}");
+                    return 1;
+                }
+            },
+            (None, None) => {
+                log::error!("give --listen-fd FD or --listen ADDR:PORT");
+                return crate::EXIT_USAGE;
+            }
+        };
+        let listener = match std_listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(std_listener))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!("the listening socket is not usable: {e}");
+                return 1;
+            }
+        };
+        let local = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
+        log::info!(
+            "listening on {local}, relaying to opencode at {} (logins checked by occ-init)",
+            settings.upstream
+        );
+        server::serve(listener, Arc::new(server::Proxy::new(settings))).await;
+        0
+    })
+}

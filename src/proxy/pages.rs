@@ -1,0 +1,98 @@
+//! The proxy's own pages: the login form and the gate page (HTML for browsers, JSON for the
+//! rest). Every value put into HTML is escaped.
+
+/// Escape text for HTML element content and quoted attributes.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{margin:0;min-height:100vh;display:flex;align-items:center;justify-content:center;\
+background:#0f1115;color:#e6e6e6;font:15px/1.5 system-ui,-apple-system,'Segoe UI',sans-serif}\
+main{width:min(92vw,360px);background:#181b22;border:1px solid #2a2f3a;border-radius:10px;padding:28px}\
+h1{font-size:20px;margin:0 0 4px}p{margin:0 0 18px;color:#9aa3b2}\
+label{display:block;font-size:13px;margin:12px 0 4px;color:#c5cbd6}\
+input{box-sizing:border-box;width:100%;padding:9px 10px;border-radius:6px;border:1px solid #394050;\
+background:#0f1115;color:#e6e6e6;font-size:15px}input:focus{outline:2px solid #4c8dff;border-color:transparent}\
+button{margin-top:20px;width:100%;padding:10px;border:0;border-radius:6px;background:#4c8dff;color:#fff;\
+font-size:15px;cursor:pointer}.err{background:#3a1d22;border:1px solid #6b2a35;color:#ffb4bf;\
+padding:8px 10px;border-radius:6px;margin:0 0 8px;font-size:14px}code{background:#0f1115;padding:2px 5px;\
+border-radius:4px;font-size:13px;word-break:break-all}";
+
+/// The login form. `error` is shown above it (already generic; escaped here).
+pub fn login(next: &str, error: Option<&str>) -> String {
+    let err = error
+        .map(|e| format!("<div class=\"err\" role=\"alert\">{}</div>", escape(e)))
+        .unwrap_or_default();
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+<title>Sign in · opencode</title><style>{STYLE}</style></head><body><main>\
+<h1>Sign in to opencode</h1><p>Use your account on this container.</p>{err}\
+<form method=\"post\" action=\"/_occ/login\">\
+<input type=\"hidden\" name=\"next\" value=\"{next}\">\
+<label for=\"username\">Username</label>\
+<input id=\"username\" name=\"username\" autocomplete=\"username\" autocapitalize=\"none\" required autofocus>\
+<label for=\"password\">Password</label>\
+<input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+<button type=\"submit\">Sign in</button></form></main></body></html>",
+        next = escape(next),
+    )
+}
+
+/// What to tell someone while opencode is gated.
+pub const GATE_HOWTO: &str = "docker exec -it <container> occ-init user add NAME";
+
+/// The gate page (503) for browsers.
+pub fn gate_html(reason: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+<title>opencode is waiting for its first user</title><style>{STYLE}</style></head><body><main>\
+<h1>opencode is not started yet</h1><p>{reason}</p>\
+<p>Add the first user on the host, then reload this page:</p><p><code>{howto}</code></p>\
+</main></body></html>",
+        reason = escape(reason),
+        howto = escape(GATE_HOWTO),
+    )
+}
+
+/// The gate answer (503) for API clients.
+pub fn gate_json(reason: &str) -> String {
+    serde_json::json!({
+        "healthy": false,
+        "error": "gated",
+        "message": reason,
+        "fix": GATE_HOWTO,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_everything_it_shows() {
+        let page = login("/\"><script>x</script>", Some("<b>bad</b>"));
+        assert!(!page.contains("<script>x"));
+        assert!(!page.contains("<b>bad"));
+        assert!(page.contains("name=\"username\"") && page.contains("name=\"password\""));
+        let gate = gate_html("no <users>");
+        assert!(gate.contains("no &lt;users&gt;"));
+        assert!(gate.contains("occ-init user add NAME"));
+        let j: serde_json::Value = serde_json::from_str(&gate_json("why")).unwrap();
+        assert_eq!(j["healthy"], false);
+        assert_eq!(j["error"], "gated");
+    }
+}
