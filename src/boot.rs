@@ -347,7 +347,8 @@ impl Boot {
                 self.cfg.host,
                 self.cfg.port,
                 match (self.cfg.exposed(), self.cfg.auth) {
-                    (true, AuthMode::Proxy) => "network exposed, logins checked by occ-init's proxy",
+                    (true, AuthMode::Proxy) =>
+                        "network exposed, logins checked by occ-init's proxy",
                     (true, _) => "network exposed, logins checked by opencode",
                     (false, AuthMode::Proxy) => "local only, logins checked by occ-init's proxy",
                     (false, _) => "local only",

@@ -667,7 +667,10 @@ mod tests {
             (vec![("OCC_PROXY_USER", "opencoder")], "proxy_user"),
             (vec![("OCC_PROXY_USER", "root")], "proxy_user"),
             (vec![("OCC_INTERNAL_PORT", "3000")], "internal_port"),
-            (vec![("OCC_SESSION_IDLE_TIMEOUT", "0")], "session_idle_timeout"),
+            (
+                vec![("OCC_SESSION_IDLE_TIMEOUT", "0")],
+                "session_idle_timeout",
+            ),
         ] {
             let e = Config::build(None, &env(&pairs), &Overrides::default()).unwrap_err();
             assert!(e.to_string().contains(key), "{pairs:?}: {e}");

@@ -168,7 +168,11 @@ mod tests {
             (None, 3, true, false),
         ];
         for (mode, users, pw, want) in table {
-            assert_eq!(authenticated(mode, users, pw), want, "{mode:?} {users} {pw}");
+            assert_eq!(
+                authenticated(mode, users, pw),
+                want,
+                "{mode:?} {users} {pw}"
+            );
         }
         let d = decide(&Facts {
             address: "0.0.0.0".into(),

@@ -113,6 +113,19 @@ impl RateLimiter {
         Ok(())
     }
 
+    /// The reserved attempt failed (known only now, after PAM's own delay): a delay it
+    /// imposed runs from now, not from when the attempt began.
+    pub fn failed(&mut self, keys: &[String], now: Instant) {
+        for k in keys {
+            if let Some(e) = self.entries.get_mut(k) {
+                if let (Some(b), true) = (e.blocked_until, e.strikes > 0) {
+                    let delay = DELAYS[(e.strikes - 1).min(DELAYS.len() - 1)];
+                    e.blocked_until = Some(b.max(now + delay));
+                }
+            }
+        }
+    }
+
     /// The reserved attempt succeeded: the keys start afresh.
     pub fn succeeded(&mut self, keys: &[String]) {
         for k in keys {
@@ -157,7 +170,11 @@ mod tests {
         assert_eq!(rl.begin(&k("u"), t + secs(36)), Ok(()));
         assert_eq!(rl.begin(&k("u"), t + secs(36)), Err(secs(300)));
         assert_eq!(rl.begin(&k("u"), t + secs(336)), Ok(()));
-        assert_eq!(rl.begin(&k("u"), t + secs(336)), Err(secs(300)), "stays at 300 s");
+        assert_eq!(
+            rl.begin(&k("u"), t + secs(336)),
+            Err(secs(300)),
+            "stays at 300 s"
+        );
         // Other keys are independent.
         assert_eq!(rl.begin(&k("other"), t), Ok(()));
     }
@@ -190,7 +207,7 @@ mod tests {
         rl.begin(&k("u"), t).unwrap(); // blocked 1 s
         rl.begin(&k("u"), t + secs(1)).unwrap(); // blocked 5 s
         rl.begin(&k("u"), t + secs(6)).unwrap(); // blocked 30 s, until t+36
-        // At t+20 every failure has left the 10 s window, but the 30 s delay still holds.
+                                                 // At t+20 every failure has left the 10 s window, but the 30 s delay still holds.
         assert_eq!(rl.begin(&k("u"), t + secs(20)), Err(secs(16)));
         // And the next imposed delay escalates further, not back to 1 s.
         rl.begin(&k("u"), t + secs(36)).unwrap();
@@ -205,8 +222,27 @@ mod tests {
         rl.begin(&k("u"), t).unwrap(); // blocked until t+1
         let later = t + secs(1) + secs(60);
         assert_eq!(rl.begin(&k("u"), later), Ok(()));
-        assert_eq!(rl.begin(&k("u"), later), Ok(()), "fresh allowance after a quiet window");
-        assert_eq!(rl.begin(&k("u"), later), Err(secs(1)), "and the first delay again");
+        assert_eq!(
+            rl.begin(&k("u"), later),
+            Ok(()),
+            "fresh allowance after a quiet window"
+        );
+        assert_eq!(
+            rl.begin(&k("u"), later),
+            Err(secs(1)),
+            "and the first delay again"
+        );
+    }
+
+    #[test]
+    fn the_delay_runs_from_the_failure_not_the_start() {
+        let t = Instant::now();
+        let mut rl = RateLimiter::new(1, secs(60));
+        rl.begin(&k("u"), t).unwrap();
+        // PAM took 2 s to say no: the 1 s delay starts then.
+        rl.failed(&k("u"), t + secs(2));
+        assert_eq!(rl.begin(&k("u"), t + secs(2)), Err(secs(1)));
+        assert_eq!(rl.begin(&k("u"), t + secs(3)), Ok(()));
     }
 
     #[test]

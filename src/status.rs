@@ -308,11 +308,20 @@ mod tests {
         s.security.auth_users = vec!["alice".into()];
         s.security.auth_enforced_by = "none".into();
         let text = render(&s, false);
-        assert!(text.contains("Auth:        none — opencode is unsecured"), "{text}");
-        assert!(text.contains("Network exposed without authentication!"), "{text}");
+        assert!(
+            text.contains("Auth:        none — opencode is unsecured"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Network exposed without authentication!"),
+            "{text}"
+        );
         s.security.auth_enforced_by = "proxy".into();
         let text = render(&s, false);
-        assert!(text.contains("Auth:        occ-init proxy (PAM), 1 user\n"), "{text}");
+        assert!(
+            text.contains("Auth:        occ-init proxy (PAM), 1 user\n"),
+            "{text}"
+        );
         assert!(!text.contains("without authentication"), "{text}");
     }
 }

@@ -2,7 +2,6 @@
 //! decoding JSON bodies, error bodies, and the rate limiter for password checks.
 //! Documented in docs/api/openapi.json (tests check the server against it).
 
-
 use serde::Deserialize;
 use serde_json::json;
 
@@ -455,7 +454,6 @@ mod tests {
         assert!(!e.message.contains("hunter2-secret"), "{}", e.message);
         assert!(!format!("{:?}", Secret::Password("hunter2".into())).contains("hunter2"));
     }
-
 }
 
 /// Stable-toolchain stand-in for the `admin_request` cargo-fuzz target: mutated requests go

@@ -270,11 +270,7 @@ impl Drop for Slot {
     }
 }
 
-fn accept_loop(
-    listener: UnixListener,
-    shared: Arc<Shared>,
-    serve: fn(&mut UnixStream, &Shared),
-) {
+fn accept_loop(listener: UnixListener, shared: Arc<Shared>, serve: fn(&mut UnixStream, &Shared)) {
     for stream in listener.incoming() {
         let mut stream = match stream {
             Ok(s) => s,
@@ -359,7 +355,12 @@ fn serve_auth(stream: &mut UnixStream, shared: &Shared) {
         return;
     };
     let response = if uid.is_none() || (uid != Some(0) && uid != allowed) {
-        ApiError::new(403, "forbidden", "the auth socket is for occ-init's proxy only").response()
+        ApiError::new(
+            403,
+            "forbidden",
+            "the auth socket is for occ-init's proxy only",
+        )
+        .response()
     } else {
         match api::route_auth(&req) {
             Ok(route) => handle_auth(route, shared),
@@ -388,7 +389,10 @@ fn handle_auth(route: api::AuthRoute, shared: &Shared) -> Response {
                 .login_fingerprint(&name)
                 .map_err(|e| api::users_error(&e))?
             {
-                Some(fp) => Ok(ok(200, json!({"name": name, "fingerprint": fp.to_string()}))),
+                Some(fp) => Ok(ok(
+                    200,
+                    json!({"name": name, "fingerprint": fp.to_string()}),
+                )),
                 None => Err(ApiError::new(404, "no_login", "not a user who can log in")),
             }
         }
@@ -446,7 +450,12 @@ fn verify_login(
             }
             Ok(ok(200, json!({"ok": true, "fingerprint": fp.to_string()})))
         }
-        None => Err(api::users_error(&UsersError::AuthFailed)),
+        None => {
+            if let Ok(mut rl) = shared.limiter.lock() {
+                rl.failed(keys, Instant::now());
+            }
+            Err(api::users_error(&UsersError::AuthFailed))
+        }
     }
 }
 

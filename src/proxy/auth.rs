@@ -65,7 +65,13 @@ fn parse_answer(raw: &[u8]) -> Option<Answer> {
 }
 
 impl AuthClient {
-    async fn call(&self, method: &str, path: &str, body: &[u8], deadline: Duration) -> Option<Answer> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        deadline: Duration,
+    ) -> Option<Answer> {
         let work = async {
             let mut s = UnixStream::connect(&self.socket).await.ok()?;
             let mut req = format!(
@@ -90,7 +96,9 @@ impl AuthClient {
             "name": name, "password": password, "client": client,
         }))
         .unwrap_or_default();
-        let answer = self.call("POST", "/v1/auth/verify", &body, VERIFY_TIMEOUT).await;
+        let answer = self
+            .call("POST", "/v1/auth/verify", &body, VERIFY_TIMEOUT)
+            .await;
         body.iter_mut().for_each(|b| *b = 0);
         let Some(a) = answer else {
             return Verdict::Unavailable;
@@ -112,7 +120,10 @@ impl AuthClient {
     /// could not be asked.
     pub async fn fingerprint(&self, name: &str) -> Result<Option<String>, ()> {
         let path = format!("/v1/auth/users/{}", super::request::percent_encode(name));
-        let a = self.call("GET", &path, b"", LOOKUP_TIMEOUT).await.ok_or(())?;
+        let a = self
+            .call("GET", &path, b"", LOOKUP_TIMEOUT)
+            .await
+            .ok_or(())?;
         match a.status {
             200 => fingerprint_of(&a.body).map(Some).ok_or(()),
             404 => Ok(None),
@@ -132,7 +143,12 @@ impl AuthClient {
         let v: serde_json::Value = serde_json::from_slice(&a.body).map_err(|_| ())?;
         Ok(GateState {
             reason: if v["gated"].as_bool().ok_or(())? {
-                Some(v["reason"].as_str().unwrap_or("opencode is gated").to_string())
+                Some(
+                    v["reason"]
+                        .as_str()
+                        .unwrap_or("opencode is gated")
+                        .to_string(),
+                )
             } else {
                 None
             },
@@ -152,13 +168,18 @@ mod tests {
 
     #[test]
     fn parses_answers() {
-        let a = parse_answer(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 5\r\nContent-Length: 2\r\n\r\n{}")
-            .unwrap();
+        let a = parse_answer(
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 5\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        .unwrap();
         assert_eq!((a.status, a.retry_after), (429, Some(5)));
         assert_eq!(a.body, b"{}");
         assert!(parse_answer(b"HTTP/1.1 200 OK\r\n").is_none());
         assert!(parse_answer(b"garbage\r\n\r\n").is_none());
-        assert_eq!(fingerprint_of(br#"{"fingerprint":"123"}"#).as_deref(), Some("123"));
+        assert_eq!(
+            fingerprint_of(br#"{"fingerprint":"123"}"#).as_deref(),
+            Some("123")
+        );
         assert_eq!(fingerprint_of(br#"{"ok":true}"#), None);
     }
 }

@@ -135,8 +135,7 @@ impl std::fmt::Debug for LoginForm {
 pub fn parse_login(body: &str) -> Option<LoginForm> {
     let username = form_value(body, "username")?.trim().to_string();
     let password = form_value(body, "password")?;
-    if username.is_empty() || username.len() > 64 || password.is_empty() || password.len() > 4096
-    {
+    if username.is_empty() || username.len() > 64 || password.is_empty() || password.len() > 4096 {
         return None;
     }
     let next = safe_next(&form_value(body, "next").unwrap_or_else(|| "/".into()));
@@ -264,10 +263,17 @@ mod tests {
 
     #[test]
     fn only_browser_navigations_get_the_login_page() {
-        assert!(wants_login_page("GET", Some("text/html,application/xhtml+xml"), false));
+        assert!(wants_login_page(
+            "GET",
+            Some("text/html,application/xhtml+xml"),
+            false
+        ));
         assert!(!wants_login_page("GET", Some("application/json"), false));
         assert!(!wants_login_page("GET", None, false));
-        assert!(!wants_login_page("GET", Some("text/html"), true), "WebSocket");
+        assert!(
+            !wants_login_page("GET", Some("text/html"), true),
+            "WebSocket"
+        );
         assert!(!wants_login_page("POST", Some("text/html"), false));
     }
 
@@ -289,7 +295,10 @@ mod tests {
         ] {
             assert_eq!(safe_next(bad), "/", "{bad:?}");
         }
-        assert_eq!(login_location("/a b?c=1"), "/_occ/login?next=/a%20b%3Fc%3D1");
+        assert_eq!(
+            login_location("/a b?c=1"),
+            "/_occ/login?next=/a%20b%3Fc%3D1"
+        );
         assert_eq!(
             form_value(&login_location("/a b?c=1")["/_occ/login?".len()..], "next").as_deref(),
             Some("/a b?c=1")
@@ -321,7 +330,10 @@ mod tests {
         assert_eq!(session_cookie(["occ_session="].iter().copied()), None);
         assert_eq!(strip_session_cookie(h[0]).as_deref(), Some("a=1; b=2"));
         assert_eq!(strip_session_cookie("occ_session=t"), None);
-        assert_eq!(strip_session_cookie("occ_sessionx=1").as_deref(), Some("occ_sessionx=1"));
+        assert_eq!(
+            strip_session_cookie("occ_sessionx=1").as_deref(),
+            Some("occ_sessionx=1")
+        );
     }
 
     #[test]
@@ -339,7 +351,13 @@ mod tests {
             basic_credentials(&format!("basic {}", crate::supervise::probe::base64(b"a:"))),
             Some(("a".into(), "".into()))
         );
-        for bad in ["Bearer abc", "Basic", "Basic !!!", "Basic YWxpY2U=", "Basic Og=="] {
+        for bad in [
+            "Bearer abc",
+            "Basic",
+            "Basic !!!",
+            "Basic YWxpY2U=",
+            "Basic Og==",
+        ] {
             assert_eq!(basic_credentials(bad), None, "{bad}");
         }
         for n in 0..40 {
@@ -351,8 +369,14 @@ mod tests {
 
     #[test]
     fn client_address_trusts_forwarded_for_only_when_told() {
-        assert_eq!(client_address("10.0.0.1", Some("1.2.3.4"), false), "10.0.0.1");
-        assert_eq!(client_address("10.0.0.1", Some("9.9.9.9, 1.2.3.4"), true), "1.2.3.4");
+        assert_eq!(
+            client_address("10.0.0.1", Some("1.2.3.4"), false),
+            "10.0.0.1"
+        );
+        assert_eq!(
+            client_address("10.0.0.1", Some("9.9.9.9, 1.2.3.4"), true),
+            "1.2.3.4"
+        );
         assert_eq!(client_address("10.0.0.1", Some("junk"), true), "10.0.0.1");
         assert!(is_https(Some("https"), true));
         assert!(!is_https(Some("https"), false));

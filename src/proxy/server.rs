@@ -30,7 +30,7 @@ use super::{pages, SESSION_COOKIE};
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// A login is re-checked with PID 1 this often (lock, removal, new password end sessions).
-pub const REVALIDATE: Duration = Duration::from_secs(2);
+pub const REVALIDATE: Duration = Duration::from_secs(1);
 /// Verified Basic credentials are trusted without asking PID 1 again for this long (the
 /// user's login fingerprint is still re-checked every [`REVALIDATE`]).
 pub const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
@@ -160,7 +160,10 @@ fn is_upgrade(h: &HeaderMap) -> bool {
         && h.get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// Remove hop-by-hop headers (and those the Connection header names).
@@ -218,10 +221,7 @@ impl Proxy {
             client,
             logins: Mutex::new(HashMap::new()),
             basic: Mutex::new(HashMap::new()),
-            basic_keys: (
-                std::hash::RandomState::new(),
-                std::hash::RandomState::new(),
-            ),
+            basic_keys: (std::hash::RandomState::new(), std::hash::RandomState::new()),
             gate: Mutex::new(None),
             connections: AtomicUsize::new(0),
         }
@@ -378,7 +378,10 @@ impl Proxy {
             is_upgrade(h),
         );
         if kind == Kind::ProxyHealth {
-            return json(StatusCode::OK, serde_json::json!({"healthy": true, "proxy": true}));
+            return json(
+                StatusCode::OK,
+                serde_json::json!({"healthy": true, "proxy": true}),
+            );
         }
         // While gated nothing but the gate page is served, and no password is checked.
         match self.gate().await {
@@ -402,9 +405,10 @@ impl Proxy {
             Err(()) => return unavailable("occ-init is not answering; try again shortly"),
         }
         match kind {
-            Kind::ProxyHealth => {
-                json(StatusCode::OK, serde_json::json!({"healthy": true, "proxy": true}))
-            }
+            Kind::ProxyHealth => json(
+                StatusCode::OK,
+                serde_json::json!({"healthy": true, "proxy": true}),
+            ),
             Kind::LoginForm => {
                 let next = req
                     .uri()
@@ -471,7 +475,10 @@ impl Proxy {
             );
         };
         let started = Instant::now();
-        let verdict = self.auth.verify(&form.username, &form.password, client).await;
+        let verdict = self
+            .auth
+            .verify(&form.username, &form.password, client)
+            .await;
         match verdict {
             Verdict::Valid { fingerprint } => {
                 let Ok(token) = session::new_token() else {
@@ -567,8 +574,7 @@ impl Proxy {
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
-        let Ok(uri) = format!("http://{}{pq}", self.settings.upstream).parse::<hyper::Uri>()
-        else {
+        let Ok(uri) = format!("http://{}{pq}", self.settings.upstream).parse::<hyper::Uri>() else {
             return json(
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({"error": "bad_request"}),
@@ -643,7 +649,10 @@ impl Proxy {
                 });
             }
             let (parts, _) = resp.into_parts();
-            return Response::from_parts(parts, Full::new(Bytes::new()).map_err(|n| match n {}).boxed());
+            return Response::from_parts(
+                parts,
+                Full::new(Bytes::new()).map_err(|n| match n {}).boxed(),
+            );
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);

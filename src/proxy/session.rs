@@ -106,13 +106,8 @@ pub fn new_token() -> std::io::Result<String> {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: writes at most the remaining length into our own buffer.
-        let n = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast(),
-                buf.len() - filled,
-                0,
-            )
-        };
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -166,7 +161,12 @@ mod tests {
         let t = Instant::now();
         let mut s = Sessions::new(secs(100), secs(100));
         for i in 0..(MAX_SESSIONS + 10) {
-            s.insert(format!("t{i}"), "u", "f", t + Duration::from_millis(i as u64));
+            s.insert(
+                format!("t{i}"),
+                "u",
+                "f",
+                t + Duration::from_millis(i as u64),
+            );
         }
         assert_eq!(s.len(), MAX_SESSIONS);
         assert!(s.get("t0", t + secs(20)).is_none(), "the oldest went first");

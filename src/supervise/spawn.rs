@@ -181,7 +181,11 @@ mod tests {
             ..Config::default()
         };
         let (host, port) = cfg.opencode_listen(5555);
-        assert_eq!((host.as_str(), port), ("127.0.0.1", 5555), "behind the proxy");
+        assert_eq!(
+            (host.as_str(), port),
+            ("127.0.0.1", 5555),
+            "behind the proxy"
+        );
         let cfg = Config {
             auth: crate::config::AuthMode::Opencode,
             ..cfg

@@ -857,7 +857,10 @@ mod tests {
         let acts = sv.on(Event::Policy(false), t);
         assert!(acts.contains(&Action::Signal(42, Signal::SIGTERM)));
         assert!(sv.on(Event::Policy(true), t).is_empty());
-        let acts = sv.on(Event::Exited { pid: 42, code: 143 }, t + Duration::from_secs(1));
+        let acts = sv.on(
+            Event::Exited { pid: 42, code: 143 },
+            t + Duration::from_secs(1),
+        );
         assert_eq!(acts, vec![Action::Spawn], "relaunched, not left gated");
         assert_eq!(sv.phase, Phase::Launching);
     }

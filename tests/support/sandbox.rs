@@ -300,6 +300,30 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// The host pid of the process that is `ns_pid` inside the PID namespace of `init`.
+pub fn host_pid_of(init: &super::Init, ns_pid: i32) -> i32 {
+    let root = init.init_pid().as_raw();
+    let ns = std::fs::read_link(format!("/proc/{root}/ns/pid")).expect("pid ns of init");
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() != Some(ns.clone()) {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let inner = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|v| v.split_whitespace().last())
+            .and_then(|v| v.parse::<i32>().ok());
+        if inner == Some(ns_pid) {
+            return pid;
+        }
+    }
+    panic!("no process {ns_pid} in the namespace of {root}");
+}
+
 /// Deadline helper for loops in tests.
 pub fn until(limit: Duration) -> impl Fn() -> bool {
     let end = Instant::now() + limit;
@@ -314,9 +338,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A sandbox with the service user and a config file; returns (sandbox, port).
+/// A sandbox with the service user and a config file; returns (sandbox, port). opencode
+/// listens on `port` itself (`auth = 'opencode'`) unless `extra` sets `auth`; the proxy's
+/// auth socket is inside the sandbox either way.
 pub fn setup(host: &str, behavior: &str, extra: &str) -> (Sandbox, u16) {
-    let mut sb = Sandbox::new();
+    let mut extra = extra.to_string();
+    if !extra.lines().any(|l| l.trim_start().starts_with("auth =")) {
+        extra.push_str("\nauth = 'opencode'\n");
+    }
+    let sb = Sandbox::new();
+    let extra = format!(
+        "{extra}\nauth_socket = '{}'\n",
+        sb.path("proxy/auth.sock").display()
+    );
+    setup_in(sb, host, behavior, &extra)
+}
+
+fn setup_in(mut sb: Sandbox, host: &str, behavior: &str, extra: &str) -> (Sandbox, u16) {
     sb.add_service_user();
     let port = free_port();
     let starts = sb.path("occ/starts.log");

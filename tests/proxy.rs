@@ -1,0 +1,537 @@
+//! The authenticating proxy, attacked as an outsider would: the real occ-init as PID 1 of a
+//! users sandbox, real PAM, the proxy as its own unprivileged process, and the real opencode
+//! (npm `opencode-ai`) behind it. Every request has a deadline.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::sandbox::{free_port, text, Sandbox};
+use support::{eventually, Init, CHILD};
+
+const IO: Duration = Duration::from_secs(20);
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+fn b64(s: &str) -> String {
+    occ_init::supervise::probe::base64(s.as_bytes())
+}
+
+fn basic(user: &str, pw: &str) -> String {
+    format!("Authorization: Basic {}\r\n", b64(&format!("{user}:{pw}")))
+}
+
+/// One request on a fresh connection (`Connection: close`), read to the end.
+fn http(port: u16, method: &str, path: &str, headers: &str, body: &str) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the proxy");
+    s.set_read_timeout(Some(IO)).unwrap();
+    s.set_write_timeout(Some(IO)).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Resp {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// Open a WebSocket through the proxy; `Ok(stream)` after a 101, else the response.
+fn websocket(port: u16, path: &str, headers: &str) -> Result<TcpStream, Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(IO)).unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if head.starts_with("HTTP/1.1 101") {
+        return Ok(s);
+    }
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    Err(Resp {
+        status: head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        head,
+        body: String::from_utf8_lossy(&rest).into_owned(),
+    })
+}
+
+/// Send one masked text frame.
+fn ws_send(s: &mut TcpStream, text: &str) {
+    let data = text.as_bytes();
+    assert!(data.len() < 126);
+    let mask = [1u8, 2, 3, 4];
+    let mut f = vec![0x81, 0x80 | data.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&f).unwrap();
+}
+
+/// Read frames' payloads until `needle` shows up or the deadline passes.
+fn ws_read_until(s: &mut TcpStream, needle: &str, limit: Duration) -> String {
+    let end = Instant::now() + limit;
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut raw = Vec::new();
+    while Instant::now() < end && !seen.contains(needle) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        // Unmasked server frames: take every payload we can parse.
+        loop {
+            if raw.len() < 2 {
+                break;
+            }
+            let mut len = (raw[1] & 0x7f) as usize;
+            let mut off = 2;
+            if len == 126 {
+                if raw.len() < 4 {
+                    break;
+                }
+                len = u16::from_be_bytes([raw[2], raw[3]]) as usize;
+                off = 4;
+            } else if len == 127 {
+                if raw.len() < 10 {
+                    break;
+                }
+                len = u64::from_be_bytes(raw[2..10].try_into().unwrap()) as usize;
+                off = 10;
+            }
+            if raw.len() < off + len {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&raw[off..off + len]));
+            raw.drain(..off + len);
+        }
+    }
+    seen
+}
+
+fn opencode_bin() -> Option<String> {
+    match std::env::var_os("OCC_TEST_OPENCODE") {
+        Some(b) => Some(b.to_string_lossy().into_owned()),
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "OCC_TEST_OPENCODE is not set in CI"
+            );
+            eprintln!("SKIPPED: OCC_TEST_OPENCODE is not set (tests/run installs opencode-ai)");
+            None
+        }
+    }
+}
+
+/// A sandbox whose occ-init serves `port` on all interfaces through the proxy, with
+/// `command` as opencode.
+fn proxied(command: &str, extra: &str) -> (Sandbox, u16) {
+    let sb = Sandbox::new();
+    sb.add_service_user();
+    let port = free_port();
+    for d in [sb.dir.path().to_path_buf(), sb.path("occ")] {
+        let _ = std::process::Command::new("chmod")
+            .arg("755")
+            .arg(d)
+            .status();
+    }
+    std::fs::write(
+        sb.path("occ/init.toml"),
+        format!(
+            "command = {command}\nhost = '0.0.0.0'\nport = {port}\nadmin_socket = '{}'\n\
+             auth_socket = '{}'\nrestart_backoff_initial = '300ms'\nstop_grace = '5s'\n\
+             startup_timeout = '90s'\nenv = {{ OPENCODE_DISABLE_AUTOUPDATE = 'true' }}\n{extra}",
+            sb.path("run/admin.sock").display(),
+            sb.path("proxy/auth.sock").display(),
+        ),
+    )
+    .unwrap();
+    let mut sb = sb;
+    sb.env.push((
+        "OCC_CONFIG".into(),
+        sb.path("occ/init.toml").display().to_string(),
+    ));
+    (sb, port)
+}
+
+fn add_user(sb: &Sandbox, init: &Init, name: &str, pw: &str) {
+    let out = sb.exec(init, &["user", "add", name, "--password-stdin"], Some(pw));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+fn status_json(sb: &Sandbox, init: &Init) -> serde_json::Value {
+    let out = sb.exec(init, &["status", "--json"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Listening sockets on `port` in /proc/net/tcp{,6}: their local addresses (hex).
+fn listeners_on(port: u16) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for l in std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            if cols.len() > 3 && cols[3] == "0A" {
+                if let Some((addr, p)) = cols[1].split_once(':') {
+                    if u16::from_str_radix(p, 16).ok() == Some(port) {
+                        out.push(addr.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn real_opencode_is_reachable_only_with_a_container_login() {
+    let Some(bin) = opencode_bin() else { return };
+    let (sb, port) = proxied(&format!("['{bin}', 'serve']"), "rate_limit_attempts = 5\n");
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log_within("started the proxy", Duration::from_secs(30));
+    assert!(eventually(Duration::from_secs(30), || http(
+        port,
+        "GET",
+        "/_occ/health",
+        "",
+        ""
+    )
+    .status
+        == 200));
+
+    // Gated: every path answers 503 with how to add the first user; nothing is checked.
+    let r = http(port, "GET", "/session", &basic("alice", "x"), "");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("occ-init user add"), "{r:?}");
+    let r = http(port, "GET", "/", "Accept: text/html\r\n", "");
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("<html") && r.body.contains("occ-init user add NAME"));
+    let r = http(port, "GET", "/global/health", "", "");
+    assert_eq!(r.status, 503, "health says unhealthy while gated");
+    assert!(r.body.contains("\"healthy\":false"));
+
+    // The first user opens the gate; opencode listens on loopback only.
+    add_user(&sb, &init, "alice", "correct horse battery");
+    add_user(&sb, &init, "bob", "bobs own secret");
+    init.expect_log_within("opencode is ready", Duration::from_secs(120));
+    let st = status_json(&sb, &init);
+    assert_eq!(st["security"]["auth_enforced_by"], "proxy");
+    assert_eq!(st["proxy"]["state"], "ready", "{st}");
+    let listen = st["opencode"]["listen"].as_str().unwrap().to_string();
+    let internal: u16 = listen.strip_prefix("127.0.0.1:").unwrap().parse().unwrap();
+    assert_eq!(
+        listeners_on(internal),
+        vec!["0100007F".to_string()],
+        "opencode listens on 127.0.0.1 only"
+    );
+
+    // Without credentials: 401 for the API, the terminal and its WebSocket; no side door.
+    for (m, p) in [
+        ("GET", "/session"),
+        ("POST", "/pty"),
+        ("GET", "/config"),
+        ("GET", "/event"),
+        ("GET", "/_occfoo"),
+        ("GET", "/global/health/../../session"),
+    ] {
+        let r = http(port, m, p, "", if m == "POST" { "{}" } else { "" });
+        assert_eq!(r.status, 401, "{m} {p}: {r:?}");
+        assert_eq!(
+            r.header("www-authenticate").as_deref(),
+            Some("Basic realm=\"opencode\", charset=\"UTF-8\"")
+        );
+    }
+    let r = websocket(port, "/pty/pty_x/connect", "").unwrap_err();
+    assert_eq!(r.status, 401, "{r:?}");
+    // A browser is sent to the login page, keeping where it wanted to go.
+    let r = http(port, "GET", "/project?x=1", "Accept: text/html\r\n", "");
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("/_occ/login?next=/project%3Fx%3D1")
+    );
+
+    // Wrong password, unknown user, a system account, a locked-out style name: all 401, alike.
+    let t = Instant::now();
+    let wrong = http(port, "GET", "/session", &basic("alice", "wrong"), "");
+    let wrong_time = t.elapsed();
+    let t = Instant::now();
+    let unknown = http(port, "GET", "/session", &basic("mallory", "wrong"), "");
+    let unknown_time = t.elapsed();
+    assert_eq!((wrong.status, unknown.status), (401, 401));
+    assert_eq!(wrong.body, unknown.body);
+    assert!(
+        wrong_time >= Duration::from_secs(3) && unknown_time >= Duration::from_secs(3),
+        "failures are answered after the same floor: {wrong_time:?} {unknown_time:?}"
+    );
+    for sys in ["root", "opencoder", "occ-proxy"] {
+        let r = http(port, "GET", "/session", &basic(sys, ""), "");
+        assert_eq!(r.status, 401, "{sys}");
+    }
+    let log = init.stderr_text();
+    assert!(
+        log.contains("login failed for user \"alice\" from 127.0.0.1"),
+        "{log}"
+    );
+    assert!(!log.contains("wrong"), "passwords never reach the log");
+
+    // Basic with the right password reaches opencode, without the credentials.
+    let alice = basic("alice", "correct horse battery");
+    let r = http(port, "GET", "/session", &alice, "");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.trim_start().starts_with('['), "{r:?}");
+    let r = http(port, "GET", "/global/health", "", "");
+    assert_eq!(r.status, 200, "public health, no login");
+    assert!(r.body.contains("\"healthy\":true"));
+
+    // The terminal: POST /pty, then its WebSocket runs a command and returns the output.
+    let r = http(
+        port,
+        "POST",
+        "/pty",
+        &format!("{alice}Content-Type: application/json\r\n"),
+        "{}",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let pty: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let id = pty["id"].as_str().unwrap().to_string();
+    let mut ws = websocket(port, &format!("/pty/{id}/connect"), &alice).expect("101");
+    ws_send(&mut ws, "echo through-the-proxy-$((6*7))\n");
+    let out = ws_read_until(&mut ws, "through-the-proxy-42", Duration::from_secs(20));
+    assert!(out.contains("through-the-proxy-42"), "{out}");
+    drop(ws);
+
+    // Server-sent events arrive unbuffered.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /global/event HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{alice}\r\n"
+    )
+    .unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 2048];
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end && !got.contains("server.connected") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert!(got.contains("server.connected"), "{got}");
+    drop(s);
+
+    // The login form: a session cookie, then opencode; logout ends it.
+    let r = http(port, "GET", "/_occ/login?next=/session", "", "");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("name=\"password\"") && r.body.contains("value=\"/session\""));
+    let form = "username=bob&password=bobs+own+secret&next=%2Fsession";
+    let r = http(
+        port,
+        "POST",
+        "/_occ/login",
+        "Content-Type: application/x-www-form-urlencoded\r\n",
+        form,
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(r.header("location").as_deref(), Some("/session"));
+    let cookie = r.header("set-cookie").unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    assert!(
+        !cookie.contains("Secure"),
+        "plain HTTP without a trusted proxy"
+    );
+    let token = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("occ_session=")
+        .unwrap()
+        .to_string();
+    assert!(token.len() >= 32, "at least 128 bits: {token}");
+    let bob_cookie = format!("Cookie: occ_session={token}\r\n");
+    assert_eq!(http(port, "GET", "/session", &bob_cookie, "").status, 200);
+    // An open redirect is refused; a forged cookie is nothing.
+    let r = http(
+        port,
+        "POST",
+        "/_occ/login",
+        "",
+        "username=bob&password=bobs+own+secret&next=%2F%2Fevil.example%2F",
+    );
+    assert_eq!(r.header("location").as_deref(), Some("/"));
+    let other_cookie = r.header("set-cookie").unwrap();
+    let forged = format!("Cookie: occ_session={}\r\n", "0".repeat(64));
+    assert_eq!(http(port, "GET", "/session", &forged, "").status, 401);
+    let r = http(port, "POST", "/_occ/logout", &bob_cookie, "");
+    assert_eq!(r.status, 303);
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    assert_eq!(http(port, "GET", "/session", &bob_cookie, "").status, 401);
+    // A wrong password on the form shows it again, generically.
+    let r = http(
+        port,
+        "POST",
+        "/_occ/login",
+        "",
+        "username=bob&password=nope",
+    );
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("Invalid username or password."));
+
+    // Locking alice ends her Basic access within seconds; bob's other session lives on.
+    let bob2 = format!("Cookie: {}\r\n", other_cookie.split(';').next().unwrap());
+    assert_eq!(http(port, "GET", "/session", &alice, "").status, 200);
+    let out = sb.exec(&init, &["user", "lock", "alice"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || http(
+            port, "GET", "/session", &alice, ""
+        )
+        .status
+            == 401),
+        "a locked user is refused within 5 s"
+    );
+    eprintln!("locked user refused after {:?}", t.elapsed());
+    assert_eq!(http(port, "GET", "/session", &bob2, "").status, 200);
+    // A new password ends bob's session as well.
+    let out = sb.exec(
+        &init,
+        &["user", "passwd", "bob", "--password-stdin"],
+        Some("bobs new secret"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(eventually(Duration::from_secs(5), || http(
+        port, "GET", "/session", &bob2, ""
+    )
+    .status
+        == 401));
+
+    // The proxy killed: noticed, restarted; opencode keeps running.
+    let before = status_json(&sb, &init);
+    let proxy_pid = before["proxy"]["pid"].as_i64().unwrap() as i32;
+    let oc_pid = before["opencode"]["pid"].as_i64().unwrap();
+    let host_pid = support::sandbox::host_pid_of(&init, proxy_pid);
+    kill(Pid::from_raw(host_pid), Signal::SIGKILL).unwrap();
+    init.expect_log_within("proxy exited with status 137", Duration::from_secs(10));
+    let bob_new = basic("bob", "bobs new secret");
+    assert!(eventually(Duration::from_secs(20), || http(
+        port, "GET", "/session", &bob_new, ""
+    )
+    .status
+        == 200));
+    let after = status_json(&sb, &init);
+    assert_eq!(after["opencode"]["pid"].as_i64().unwrap(), oc_pid);
+    assert_eq!(after["proxy"]["restarts"], 1);
+
+    // A concurrent burst of wrong passwords reaches PAM at most rate_limit_attempts times.
+    let burst: Vec<_> = (0..12)
+        .map(|_| {
+            std::thread::spawn(move || http(port, "GET", "/session", &basic("bob", "guess"), ""))
+        })
+        .collect();
+    let results: Vec<Resp> = burst.into_iter().map(|t| t.join().unwrap()).collect();
+    let denied = results.iter().filter(|r| r.status == 401).count();
+    let limited: Vec<&Resp> = results.iter().filter(|r| r.status == 429).collect();
+    assert!(denied <= 5, "{denied} wrong passwords reached PAM");
+    assert_eq!(denied + limited.len(), 12, "{results:?}");
+    assert!(
+        limited[0]
+            .header("retry-after")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    let log = init.stderr_text();
+    assert!(log.contains("login refused for user \"bob\" from 127.0.0.1: rate limited"));
+
+    init.signal(Signal::SIGTERM);
+    let code = init.exit_code(Duration::from_secs(30));
+    assert!(code == 143 || code == 137 || code == 0, "exit {code}");
+    sb.assert_host_untouched();
+}
+
+/// `auth = none`: users exist but nothing checks them, so an exposed opencode stays gated.
+#[test]
+fn auth_none_with_users_stays_gated() {
+    let (sb, port) = proxied(
+        &format!("['{CHILD}', 'fake-opencode', '--behavior', 'healthy']"),
+        "auth = 'none'\n",
+    );
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log_within("opencode is not started", Duration::from_secs(20));
+    add_user(&sb, &init, "alice", "a long enough password");
+    init.expect_log_within("auth = none", Duration::from_secs(20));
+    let st = status_json(&sb, &init);
+    assert_eq!(st["opencode"]["state"], "gated", "{st}");
+    assert_eq!(st["security"]["auth_enforced_by"], "none");
+    assert!(st["proxy"].is_null(), "no proxy with auth = none");
+    assert!(
+        st["opencode"]["gate_reason"]
+            .as_str()
+            .unwrap()
+            .contains("nothing checks"),
+        "{st}"
+    );
+    // Nothing listens on the public port.
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    let out = sb.exec(&init, &["status"], None);
+    assert!(text(&out).contains("Auth:        none"), "{}", text(&out));
+    drop(init);
+    sb.assert_host_untouched();
+}
