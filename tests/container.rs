@@ -74,10 +74,14 @@ fn containerfile_copies_existing_paths_and_names_real_commands() {
         .expect("ENTRYPOINT");
     let entry = json_array(entry);
     assert_eq!(entry, vec!["/usr/local/bin/occ-init"]);
-    assert!(ins
-        .iter()
-        .any(|i| i
-            .contains("COPY --from=build /src/target/release/occ-init /usr/local/bin/occ-init")));
+    assert!(ins.iter().any(|i| i.contains(
+        "COPY --from=build /src/target/release/occ-init /src/target/release/occ-proxy /usr/local/bin/"
+    )));
+    assert!(ins.iter().any(|i| i.contains("--bin occ-init --bin occ-proxy")));
+    // The proxy's user ships in the image, with the name the config expects.
+    let proxy_user = occ_init::config::Config::default().proxy_user;
+    assert!(ins.iter().any(|i| i.starts_with("RUN ")
+        && i.contains(&format!("useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --user-group {proxy_user}"))));
     let health = ins
         .iter()
         .find_map(|i| i.strip_prefix("HEALTHCHECK "))
@@ -127,7 +131,12 @@ fn kubernetes_probes_and_grace_match_occ_init() {
             probes += 1;
         }
     }
-    assert_eq!(probes, 2, "readiness and liveness exec probes");
+    assert_eq!(probes, 1, "the liveness exec probe");
+    // Readiness goes through the proxy's public, login-free health path.
+    let cfg = occ_init::config::Config::default();
+    assert!(cfg.public_health);
+    assert!(text.contains(&format!("path: {}", cfg.health_path)));
+    assert!(text.contains("enableServiceLinks: false"));
     let grace: u64 = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds: "))
