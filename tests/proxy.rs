@@ -535,3 +535,57 @@ fn auth_none_with_users_stays_gated() {
     drop(init);
     sb.assert_host_untouched();
 }
+
+/// A real browser (Debian's chromium, driven by playwright-core) opens the public URL, is sent
+/// to the login page, logs in and gets opencode's web UI. Screenshots are kept in
+/// target/browser-shots/.
+#[test]
+fn browser_logs_in_and_gets_the_opencode_ui() {
+    let Some(bin) = opencode_bin() else { return };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let driver = root.join(".cache/browser");
+    let ready = driver.join("node_modules/playwright-core").exists()
+        && std::path::Path::new("/usr/bin/chromium").exists();
+    if !ready {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tests/run installs chromium and playwright-core"
+        );
+        eprintln!("SKIPPED: chromium or playwright-core missing (tests/run installs them)");
+        return;
+    }
+    // ES modules find packages beside the script, so it runs from the driver's directory.
+    std::fs::copy(root.join("tests/browser/login.mjs"), driver.join("login.mjs")).unwrap();
+    let shots = root.join("target/browser-shots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let (sb, port) = proxied(&format!("['{bin}', 'serve']"), "");
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log_within("started the proxy", Duration::from_secs(30));
+    add_user(&sb, &init, "alice", "browser password 1");
+    init.expect_log_within("opencode is ready", Duration::from_secs(120));
+    let child = std::process::Command::new("node")
+        .arg(driver.join("login.mjs"))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .args(["alice", "browser password 1"])
+        .arg(&shots)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node");
+    let out = support::sandbox::wait_output(child, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert!(out.status.success(), "{seen}\n{}", text(&out));
+    assert!(
+        seen["loginUrl"].as_str().unwrap().contains("/_occ/login?next=/"),
+        "{seen}"
+    );
+    assert_eq!(seen["wrongText"], "Invalid username or password.");
+    assert_eq!(seen["appTitle"], "OpenCode", "{seen}");
+    assert_eq!(seen["cookie"]["httpOnly"], true);
+    assert_eq!(seen["cookie"]["sameSite"], "Strict");
+    assert!(shots.join("2-opencode.png").exists());
+    drop(init);
+    sb.assert_host_untouched();
+}
