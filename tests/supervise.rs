@@ -197,7 +197,7 @@ fn server_password_reaches_opencode_only_through_its_environment() {
         &[("OCC_SERVER_PASSWORD_FILE", pw_file.to_str().unwrap())],
     );
     // A server password counts as authentication: no gate.
-    init.expect_log("network exposed, authentication configured");
+    init.expect_log("network exposed, logins checked by opencode");
     init.expect_log("opencode is ready");
     let pid = opencode_host_pid(&init);
     let read = |p: String| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned();
@@ -299,7 +299,7 @@ fn real_opencode_is_supervised_end_to_end() {
     std::fs::write(
         sb.path("occ/init.toml"),
         format!(
-            "command = ['{bin}', 'serve']\nhost = '127.0.0.1'\nport = {port}\nadmin_socket = '{}'\n\
+            "command = ['{bin}', 'serve']\nhost = '127.0.0.1'\nport = {port}\nadmin_socket = '{}'\nauth = 'opencode'\n\
              restart_backoff_initial = '500ms'\nstop_grace = '5s'\nstartup_timeout = '60s'\n\
              env = {{ OPENCODE_DISABLE_AUTOUPDATE = 'true' }}\n",
             sb.path("run/admin.sock").display()

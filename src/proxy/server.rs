@@ -151,7 +151,7 @@ fn unavailable(message: &str) -> Response<Body> {
     r
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: HeaderName) -> Option<&'a str> {
+fn header_str(h: &HeaderMap, name: HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
