@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
-use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::admin::api::RateLimiter;
@@ -59,6 +59,8 @@ pub struct Boot {
     pub internal_port: u16,
     /// The public listening socket, held by PID 1 and handed to each proxy it starts.
     listener: Option<std::net::TcpListener>,
+    /// The signal state occ-init inherited, which its children get.
+    pub child_signals: signals::Inherited,
     /// Login users present and unlocked in /etc (what PAM accepts), for policy and status.
     pub active_users: Vec<String>,
     prober: Prober,
@@ -322,6 +324,7 @@ impl Boot {
             started_at: Instant::now(),
             internal_port,
             listener: None,
+            child_signals: signals::Inherited::default(),
             prober,
         })
     }
@@ -570,7 +573,8 @@ impl Boot {
             AuthMode::Proxy => None,
             _ => server_password(&self.cfg),
         };
-        let spec = oc::spec(&self.cfg, &user, password.as_ref(), (&host, port));
+        let mut spec = oc::spec(&self.cfg, &user, password.as_ref(), (&host, port));
+        spec.signals = self.child_signals;
         match crate::spawn::spawn_spec(&spec) {
             Ok(pid) => {
                 log::info!(
@@ -628,6 +632,7 @@ impl Boot {
             }),
             pass_fds: vec![listener.as_raw_fd()],
             no_new_privs: true,
+            signals: self.child_signals,
         };
         match crate::spawn::spawn_spec(&spec) {
             Ok(pid) => {
@@ -685,7 +690,7 @@ impl Boot {
     }
 
     /// Hand over to the PID-1 stop sequence and return the exit code.
-    fn finish(&self, reader: &mut SignalReader, stop_signal: Option<Signal>, code: i32) -> i32 {
+    fn finish(&self, reader: &mut SignalReader, stop_signal: Option<i32>, code: i32) -> i32 {
         let now = Instant::now();
         let grace = self.cfg.stop_grace;
         // The proxy goes first: no new requests while opencode stops. Whatever is left when
@@ -741,21 +746,22 @@ impl Boot {
                 match reader.pending() {
                     Ok(Some(sig)) if signals::is_stop_signal(sig) => {
                         log::info!(
-                            "received {sig}, stopping (grace period {})",
+                            "received {}, stopping (grace period {})",
+                            signals::name(sig),
                             crate::duration::display(self.cfg.stop_grace)
                         );
                         let code = self.opencode().last_exit.map(|e| e.code).unwrap_or(0);
                         return self.finish(reader, Some(sig), code);
                     }
-                    Ok(Some(Signal::SIGHUP)) => {
+                    Ok(Some(libc::SIGHUP)) => {
                         log::info!("received SIGHUP: re-reading configuration and users");
                         self.reload();
                         events.push((0, Event::Policy(self.decision.allows_launch())));
                     }
-                    Ok(Some(Signal::SIGCHLD)) => {}
+                    Ok(Some(libc::SIGCHLD)) => {}
                     Ok(Some(sig)) => {
                         if let Some(pid) = self.opencode().pid() {
-                            let _ = kill(Pid::from_raw(-pid), sig);
+                            init::forward(sig, Pid::from_raw(pid), ForwardTo::Group);
                         }
                     }
                     Ok(None) => break,
@@ -839,8 +845,8 @@ fn proxy_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
 }
 
 /// Entry point of the default start.
-pub fn start(config_path: Option<PathBuf>, overrides: Overrides, mask: SigSet) -> i32 {
-    let mut reader = match SignalReader::new(&mask) {
+pub fn start(config_path: Option<PathBuf>, overrides: Overrides, blocked: signals::Blocked) -> i32 {
+    let mut reader = match SignalReader::new(&blocked.mask) {
         Ok(r) => r,
         Err(e) => {
             log::error!("cannot create signalfd: {e}");
@@ -848,6 +854,7 @@ pub fn start(config_path: Option<PathBuf>, overrides: Overrides, mask: SigSet) -
         }
     };
     init::become_subreaper();
+    init::protect_memory();
     let mut boot = match Boot::new(config_path, overrides) {
         Ok(b) => b,
         Err(e) => {
@@ -855,6 +862,8 @@ pub fn start(config_path: Option<PathBuf>, overrides: Overrides, mask: SigSet) -
             return crate::EXIT_USAGE;
         }
     };
+    boot.child_signals = blocked.inherited;
+    init::leave_working_directory();
     let code = boot.run(&mut reader);
     if boot.admin.is_some() {
         let _ = std::fs::remove_file(&boot.cfg.admin_socket);

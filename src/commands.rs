@@ -18,7 +18,7 @@ use crate::users::{Exposure, NewSecret, Persistence, Users, UsersError};
 fn config() -> crate::config::Config {
     crate::config::Config::load(None, &crate::config::Overrides::default()).unwrap_or_else(|e| {
         eprintln!("occ-init: warning: {e}; using defaults and environment");
-        let env = std::env::vars().collect();
+        let env = crate::config::utf8_env();
         crate::config::Config::build(None, &env, &Default::default()).unwrap_or_default()
     })
 }

@@ -338,7 +338,7 @@ impl Config {
 
     /// Load from the real file and process environment.
     pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
-        let env: BTreeMap<String, String> = std::env::vars().collect();
+        let env: BTreeMap<String, String> = crate::config::utf8_env();
         let explicit = path
             .map(Path::to_path_buf)
             .or_else(|| env.get("OCC_CONFIG").map(PathBuf::from));
@@ -479,6 +479,24 @@ impl Config {
     pub fn render(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// The process environment as text. Variables whose name or value is not UTF-8 are skipped
+/// (with a warning naming them lossily), never a panic.
+pub fn utf8_env() -> BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| match (k.into_string(), v.into_string()) {
+            (Ok(k), Ok(v)) => Some((k, v)),
+            (k, _) => {
+                let name = match k {
+                    Ok(k) => k,
+                    Err(k) => k.to_string_lossy().into_owned(),
+                };
+                log::warn!("ignoring environment variable {name}: not UTF-8");
+                None
+            }
+        })
+        .collect()
 }
 
 /// A Kubernetes service link (`OPENCODE_PORT=tcp://10.96.0.12:3000`, injected for a Service

@@ -32,7 +32,7 @@ pub fn run() -> i32 {
     // Block the asynchronous signals before anything else, in particular before any thread
     // exists: threads inherit the mask, and signalfd only sees signals blocked in every thread.
     let signals = match init::signals::block_async_signals() {
-        Ok(mask) => mask,
+        Ok(blocked) => blocked,
         Err(e) => {
             eprintln!("occ-init: cannot block signals: {e}");
             return 1;
@@ -47,6 +47,14 @@ pub fn run() -> i32 {
         }
     };
     logging::init();
+    // Only the init modes keep the signals blocked: Ctrl-C must work in `occ-init user add`.
+    let init_mode = matches!(
+        cli.command,
+        None | Some(cli::Command::Run(_)) | Some(cli::Command::External(_))
+    );
+    if !init_mode {
+        init::signals::unblock(&signals);
+    }
     match cli.command {
         Some(cli::Command::Run(args)) => match config::Config::load(None, &Default::default()) {
             Ok(cfg) => init::run_command(args.into_options(&cfg), signals),

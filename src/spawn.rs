@@ -72,13 +72,19 @@ pub struct SpawnSpec {
     pub pass_fds: Vec<std::os::fd::RawFd>,
     /// Set no_new_privs: the child and its descendants can never gain privileges.
     pub no_new_privs: bool,
+    /// The signal state the child starts with (what occ-init itself inherited).
+    pub signals: crate::init::signals::Inherited,
 }
 
 /// Start `argv` as a child in its own process group (inheriting the environment minus
 /// secrets) and return its pid.
-pub fn spawn(argv: &[OsString]) -> Result<Pid, SpawnError> {
+pub fn spawn(
+    argv: &[OsString],
+    signals: crate::init::signals::Inherited,
+) -> Result<Pid, SpawnError> {
     spawn_spec(&SpawnSpec {
         argv: argv.to_vec(),
+        signals,
         ..SpawnSpec::default()
     })
 }
@@ -117,13 +123,14 @@ pub fn spawn_spec(spec: &SpawnSpec) -> Result<Pid, SpawnError> {
     let creds = spec.credentials.clone();
     let pass_fds = spec.pass_fds.clone();
     let no_new_privs = spec.no_new_privs;
+    let inherited = spec.signals;
     // SAFETY: the closure only makes async-signal-safe system calls (setpgid, isatty,
     // tcsetpgrp, rt_sigaction, sigprocmask, dup2, fcntl, prctl, setgroups, setgid, setuid);
     // the group and descriptor lists were allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
             isolate_child();
-            crate::init::signals::reset_for_exec().map_err(io::Error::from)?;
+            crate::init::signals::restore(&inherited).map_err(io::Error::from)?;
             for (i, fd) in pass_fds.iter().enumerate() {
                 let target = 3 + i as libc::c_int;
                 if *fd == target {

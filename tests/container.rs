@@ -77,7 +77,9 @@ fn containerfile_copies_existing_paths_and_names_real_commands() {
     assert!(ins.iter().any(|i| i.contains(
         "COPY --from=build /src/target/release/occ-init /src/target/release/occ-proxy /usr/local/bin/"
     )));
-    assert!(ins.iter().any(|i| i.contains("--bin occ-init --bin occ-proxy")));
+    assert!(ins
+        .iter()
+        .any(|i| i.contains("--bin occ-init --bin occ-proxy")));
     // The proxy's user ships in the image, with the name the config expects.
     let proxy_user = occ_init::config::Config::default().proxy_user;
     assert!(ins.iter().any(|i| i.starts_with("RUN ")

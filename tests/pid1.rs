@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::{alive, eventually, Init, Mode, CHILD, DEADLINE};
+use support::{alive, eventually, Init, Mode, CHILD, DEADLINE, OCC_INIT};
 
 const BOTH: [Mode; 2] = [Mode::Pid1, Mode::Subreaper];
 
@@ -282,4 +282,127 @@ fn version_names_commit_date_and_rustc() {
     init.expect_line("build date:");
     init.expect_line("rustc:");
     assert_eq!(init.exit_code(DEADLINE), 0);
+}
+
+/// Raw `kill(2)` of PID 1 with any signal number.
+fn raw_signal(init: &Init, sig: i32) {
+    // SAFETY: kill with integer arguments.
+    assert_eq!(unsafe { libc::kill(init.init_pid().as_raw(), sig) }, 0);
+}
+
+#[test]
+fn death_by_a_real_time_signal_gives_128_plus_n() {
+    for mode in BOTH {
+        for (name, sig) in [("RTMIN", libc::SIGRTMIN()), ("RTMAX", libc::SIGRTMAX())] {
+            let script = format!("kill -s {name} $$");
+            let mut init = Init::start(mode, &["run", "--", "sh", "-c", &script]);
+            assert_eq!(init.exit_code(DEADLINE), 128 + sig, "{mode:?} {name}");
+        }
+    }
+}
+
+#[test]
+fn real_time_and_kill_sent_fault_signals_are_forwarded() {
+    for mode in BOTH {
+        let mut init = Init::run_child(mode, &["report-signals"]);
+        init.expect_line("ready");
+        let rt3 = libc::SIGRTMIN() + 3;
+        for sig in [
+            rt3,
+            libc::SIGRTMAX(),
+            libc::SIGILL,
+            libc::SIGABRT,
+            libc::SIGSEGV,
+        ] {
+            raw_signal(&init, sig);
+            init.expect_line(&format!("child got {}", occ_init::init::signals::name(sig)));
+        }
+        init.signal(Signal::SIGTERM);
+        init.expect_line("child got SIGTERM");
+        assert_eq!(
+            init.exit_code(DEADLINE),
+            0,
+            "{mode:?}: occ-init survived kill -ILL"
+        );
+    }
+}
+
+#[test]
+fn the_child_inherits_ignored_signals_like_under_tini() {
+    // `trap '' HUP USR2` is what nohup and scripts do; the child must see them ignored.
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("trap '' HUP USR2; exec {OCC_INIT} run -- grep ^SigIgn /proc/self/status"),
+        ])
+        .env("OCC_USERS_FILE", "/nonexistent/occ-test/users.toml")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = (1u64 << (libc::SIGHUP - 1)) | (1u64 << (libc::SIGUSR2 - 1));
+    assert_eq!(text.trim(), format!("SigIgn:\t{want:016x}"), "{out:?}");
+}
+
+#[test]
+fn a_non_utf8_environment_is_no_reason_to_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let out = std::process::Command::new(OCC_INIT)
+        .args(["run", "--", "sh", "-c", "exit 7"])
+        .env("X", std::ffi::OsStr::from_bytes(b"\xe9t\xe9"))
+        .env("OCC_USERS_FILE", "/nonexistent/occ-test/users.toml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+}
+
+#[test]
+fn pid1_leaves_its_starting_directory() {
+    for mode in BOTH {
+        let mut init = Init::run_child(mode, &["sleep", "60"]);
+        init.expect_line("ready");
+        let pid = init.init_pid().as_raw();
+        assert!(
+            eventually(DEADLINE, || std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .ok()
+                == Some(std::path::PathBuf::from("/"))),
+            "{mode:?}"
+        );
+        init.signal(Signal::SIGTERM);
+        init.exit_code(DEADLINE);
+    }
+}
+
+#[test]
+fn cli_commands_do_not_keep_pid1s_blocked_signals() {
+    // `occ-init user add NAME --password-stdin` waits for stdin: Ctrl-C must work there.
+    let mut child = std::process::Command::new(OCC_INIT)
+        .args(["user", "add", "someone", "--password-stdin"])
+        .env("OCC_USERS_FILE", "/nonexistent/occ-test/users.toml")
+        .env("OCC_ADMIN_SOCKET", "/nonexistent/occ-test/admin.sock")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut blocked = String::new();
+    assert!(support::eventually(DEADLINE, || {
+        blocked = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("SigBlk:"))
+            .unwrap_or_default()
+            .to_string();
+        std::fs::read_link(format!("/proc/{pid}/fd/0")).is_ok() && !blocked.is_empty()
+    }));
+    std::thread::sleep(Duration::from_millis(200));
+    let blocked = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("SigBlk:"))
+        .unwrap_or_default()
+        .to_string();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(blocked, "SigBlk:\t0000000000000000");
 }

@@ -555,7 +555,11 @@ fn browser_logs_in_and_gets_the_opencode_ui() {
         return;
     }
     // ES modules find packages beside the script, so it runs from the driver's directory.
-    std::fs::copy(root.join("tests/browser/login.mjs"), driver.join("login.mjs")).unwrap();
+    std::fs::copy(
+        root.join("tests/browser/login.mjs"),
+        driver.join("login.mjs"),
+    )
+    .unwrap();
     let shots = root.join("target/browser-shots");
     std::fs::create_dir_all(&shots).unwrap();
     let (sb, port) = proxied(&format!("['{bin}', 'serve']"), "");
@@ -578,7 +582,10 @@ fn browser_logs_in_and_gets_the_opencode_ui() {
         .unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
     assert!(out.status.success(), "{seen}\n{}", text(&out));
     assert!(
-        seen["loginUrl"].as_str().unwrap().contains("/_occ/login?next=/"),
+        seen["loginUrl"]
+            .as_str()
+            .unwrap()
+            .contains("/_occ/login?next=/"),
         "{seen}"
     );
     assert_eq!(seen["wrongText"], "Invalid username or password.");

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
 
 use signals::SignalReader;
@@ -39,9 +38,9 @@ pub struct RunOptions {
 }
 
 /// Run `opts.command` under PID-1 supervision and return occ-init's exit code.
-/// `mask` is the signal set blocked by [`signals::block_async_signals`].
-pub fn run_command(opts: RunOptions, mask: SigSet) -> i32 {
-    let mut reader = match SignalReader::new(&mask) {
+/// `blocked` is what [`signals::block_async_signals`] did.
+pub fn run_command(opts: RunOptions, blocked: signals::Blocked) -> i32 {
+    let mut reader = match SignalReader::new(&blocked.mask) {
         Ok(r) => r,
         Err(e) => {
             log::error!("cannot create signalfd: {e}");
@@ -50,7 +49,7 @@ pub fn run_command(opts: RunOptions, mask: SigSet) -> i32 {
     };
     become_subreaper();
     restore_users(&opts);
-    let child = match crate::spawn::spawn(&opts.command) {
+    let child = match crate::spawn::spawn(&opts.command, blocked.inherited) {
         Ok(pid) => pid,
         Err(e) => {
             log::error!("{e}");
@@ -59,6 +58,7 @@ pub fn run_command(opts: RunOptions, mask: SigSet) -> i32 {
         }
     };
     log::debug!("started {:?} as pid {child}", opts.command);
+    leave_working_directory();
     drive(
         &mut reader,
         Lifecycle::new(child.as_raw(), opts.grace),
@@ -87,6 +87,25 @@ fn restore_users(opts: &RunOptions) {
         return;
     }
     users.restore_at_boot(bootstrap);
+}
+
+/// PID 1 lives as long as the container: do not hold the directory it was started in (and
+/// its mount) busy. Called once the child has started in that directory.
+pub fn leave_working_directory() {
+    if let Err(e) = std::env::set_current_dir("/") {
+        log::debug!("cannot change to /: {e}");
+    }
+}
+
+/// PID 1 handles passwords (PAM, the admin API): no core dumps, no ptrace by non-root.
+pub fn protect_memory() {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        log::debug!(
+            "cannot clear the dumpable flag: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// When not PID 1 (Docker's `init: true`, a test harness), orphans would go to the real init
@@ -128,7 +147,8 @@ pub fn drive(
                 Ok(Some(sig)) => {
                     if signals::is_stop_signal(sig) && !life.is_stopping() {
                         log::info!(
-                            "received {sig}, stopping (grace period {})",
+                            "received {}, stopping (grace period {})",
+                            signals::name(sig),
                             crate::duration::display(grace)
                         );
                     }
@@ -168,10 +188,10 @@ pub fn perform(action: Action, child: Pid, forward_to: ForwardTo) {
         Action::Forward(sig) => forward(sig, child, forward_to),
         Action::SignalAll(sig) => {
             let n = procs::signal_descendants(sig);
-            if sig == Signal::SIGKILL && n > 0 {
+            if sig == libc::SIGKILL && n > 0 {
                 log::warn!("grace period over: killing the processes that are left");
             } else {
-                log::debug!("sent {sig} to remaining processes");
+                log::debug!("sent {} to remaining processes", signals::name(sig));
             }
         }
         Action::Exit(_) => {}
@@ -180,21 +200,29 @@ pub fn perform(action: Action, child: Pid, forward_to: ForwardTo) {
 
 /// Forward a signal to the child's process group (or the child). A child that left its
 /// group (setsid) still gets it directly.
-fn forward(sig: Signal, child: Pid, forward_to: ForwardTo) {
-    if child.as_raw() <= 0 {
+pub fn forward(sig: signals::Sig, child: Pid, forward_to: ForwardTo) {
+    let pid = child.as_raw();
+    if pid <= 0 {
         return;
     }
-    let group = Pid::from_raw(-child.as_raw());
+    let raw_kill = |target: i32| {
+        // SAFETY: kill with integer arguments; any signal number 1–64 is valid.
+        if unsafe { libc::kill(target, sig) } == 0 {
+            Ok(())
+        } else {
+            Err(Errno::last())
+        }
+    };
     let result = match forward_to {
-        ForwardTo::Group => kill(group, sig).or_else(|e| match e {
-            Errno::ESRCH => kill(child, sig),
+        ForwardTo::Group => raw_kill(-pid).or_else(|e| match e {
+            Errno::ESRCH => raw_kill(pid),
             e => Err(e),
         }),
-        ForwardTo::Child => kill(child, sig),
+        ForwardTo::Child => raw_kill(pid),
     };
     match result {
-        Ok(()) => log::debug!("forwarded {sig} to {child}"),
-        Err(e) => log::debug!("could not forward {sig} to {child}: {e}"),
+        Ok(()) => log::debug!("forwarded {} to {child}", signals::name(sig)),
+        Err(e) => log::debug!("could not forward {} to {child}: {e}", signals::name(sig)),
     }
 }
 

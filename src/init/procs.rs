@@ -1,9 +1,6 @@
 //! The process tree below PID 1, read from /proc: finding and signalling every descendant,
 //! including those that escaped the child's process group with `setsid`.
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
 /// Parent pid from the text of `/proc/PID/stat` (the comm field may contain spaces and `)`).
 pub fn parse_ppid(stat: &str) -> Option<i32> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
@@ -57,17 +54,15 @@ pub fn process_table() -> Vec<(i32, i32)> {
 /// As PID 1 of a namespace, `kill(-1)` reaches every other process in it, however it was
 /// started. As a subreaper (PID ≠ 1) `kill(-1)` would hit the whole host, so the tree is
 /// walked instead; processes that fork meanwhile are caught on the next round.
-pub fn signal_descendants(sig: Signal) -> usize {
+pub fn signal_descendants(sig: super::signals::Sig) -> usize {
     let me = std::process::id() as i32;
+    // SAFETY (both kills): plain system calls with integer arguments.
     if me == 1 {
-        return match kill(Pid::from_raw(-1), sig) {
-            Ok(()) => 1,
-            Err(_) => 0,
-        };
+        return usize::from(unsafe { libc::kill(-1, sig) } == 0);
     }
     let mut signalled = 0;
     for pid in descendants(&process_table(), me) {
-        if kill(Pid::from_raw(pid), sig).is_ok() {
+        if unsafe { libc::kill(pid, sig) } == 0 {
             signalled += 1;
         }
     }

@@ -2,7 +2,6 @@
 //! `waitpid(-1, WNOHANG)` loop, since SIGCHLDs coalesce.
 
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
 use super::state::exit_code;
 
@@ -15,23 +14,31 @@ pub struct Reaped {
     pub no_children: bool,
 }
 
-/// Reap until nothing is left to reap right now.
+/// Reap until nothing is left to reap right now. The raw status is decoded here, so a child
+/// killed by a real-time signal is recorded like any other (nix's `WaitStatus` cannot
+/// express those).
 pub fn reap_all() -> Reaped {
     let mut reaped = Reaped::default();
     loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
-            Ok(WaitStatus::StillAlive) => break,
-            Ok(status) => {
-                if let (Some(pid), Some(code)) = (status.pid(), exit_code(status)) {
-                    reaped.exited.push((pid.as_raw(), code));
-                }
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid with a valid pointer to a local status word.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL) };
+        if pid > 0 {
+            if let Some(code) = exit_code(status) {
+                reaped.exited.push((pid, code));
             }
-            Err(Errno::EINTR) => continue,
-            Err(Errno::ECHILD) => {
+            continue;
+        }
+        if pid == 0 {
+            break;
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::ECHILD => {
                 reaped.no_children = true;
                 break;
             }
-            Err(e) => {
+            e => {
                 log::warn!("waitpid failed: {e}");
                 break;
             }

@@ -3,9 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
-
-use super::signals::is_stop_signal;
+use super::signals::{is_stop_signal, Sig};
 
 /// How long PID 1 waits for processes to disappear after SIGKILL before it gives up and
 /// exits anyway (a process stuck in uninterruptible sleep cannot be reaped any sooner).
@@ -14,10 +12,10 @@ pub const KILL_WAIT: Duration = Duration::from_secs(2);
 /// What the effectful loop must do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Forward the signal to the child (or its process group).
-    Forward(Signal),
+    /// Forward the signal (a raw number, 1–64) to the child (or its process group).
+    Forward(Sig),
     /// Send the signal to every remaining descendant of PID 1.
-    SignalAll(Signal),
+    SignalAll(Sig),
     /// Exit PID 1 with this code.
     Exit(i32),
 }
@@ -67,8 +65,8 @@ impl Lifecycle {
     }
 
     /// A signal arrived on PID 1's signalfd.
-    pub fn on_signal(&mut self, sig: Signal, now: Instant) -> Vec<Action> {
-        if sig == Signal::SIGCHLD {
+    pub fn on_signal(&mut self, sig: Sig, now: Instant) -> Vec<Action> {
+        if sig == libc::SIGCHLD {
             return Vec::new();
         }
         let mut actions = Vec::new();
@@ -100,20 +98,18 @@ impl Lifecycle {
             }
             if !self.leftovers_termed {
                 self.leftovers_termed = true;
-                actions.push(Action::SignalAll(Signal::SIGTERM));
+                actions.push(Action::SignalAll(libc::SIGTERM));
             }
         }
         if let (Some(since), None) = (self.stop_since, self.killed_at) {
             if now >= since + self.grace {
                 self.killed_at = Some(now);
-                actions.push(Action::SignalAll(Signal::SIGKILL));
+                actions.push(Action::SignalAll(libc::SIGKILL));
             }
         }
         if let Some(killed) = self.killed_at {
             if now >= killed + KILL_WAIT {
-                actions.push(Action::Exit(
-                    self.child_code.unwrap_or(128 + Signal::SIGKILL as i32),
-                ));
+                actions.push(Action::Exit(self.child_code.unwrap_or(128 + libc::SIGKILL)));
             }
         }
         actions
@@ -137,21 +133,21 @@ impl Lifecycle {
     }
 }
 
-/// Exit code for a finished process: its status, or 128+N when it died of signal N.
-pub fn exit_code(status: nix::sys::wait::WaitStatus) -> Option<i32> {
-    use nix::sys::wait::WaitStatus;
-    match status {
-        WaitStatus::Exited(_, code) => Some(code),
-        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
-        _ => None,
+/// Exit code for a raw `waitpid` status: the exit status, or 128+N when the process died of
+/// signal N (any N, real-time signals included); `None` for stops and continues.
+pub fn exit_code(status: i32) -> Option<i32> {
+    if libc::WIFEXITED(status) {
+        Some(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        Some(128 + libc::WTERMSIG(status))
+    } else {
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::wait::WaitStatus;
-    use nix::unistd::Pid;
 
     const CHILD: i32 = 42;
     const GRACE: Duration = Duration::from_secs(10);
@@ -163,17 +159,12 @@ mod tests {
     #[test]
     fn forwards_signals_while_the_child_lives() {
         let (mut l, t) = start();
-        for sig in [
-            Signal::SIGHUP,
-            Signal::SIGUSR1,
-            Signal::SIGWINCH,
-            Signal::SIGQUIT,
-        ] {
+        for sig in [libc::SIGHUP, libc::SIGUSR1, libc::SIGWINCH, libc::SIGQUIT] {
             assert_eq!(l.on_signal(sig, t), vec![Action::Forward(sig)]);
         }
         assert!(!l.is_stopping());
         assert_eq!(l.deadline(), None);
-        assert!(l.on_signal(Signal::SIGCHLD, t).is_empty());
+        assert!(l.on_signal(libc::SIGCHLD, t).is_empty());
     }
 
     #[test]
@@ -195,14 +186,14 @@ mod tests {
     fn term_forwards_then_kills_after_grace() {
         let (mut l, t) = start();
         assert_eq!(
-            l.on_signal(Signal::SIGTERM, t),
-            vec![Action::Forward(Signal::SIGTERM)]
+            l.on_signal(libc::SIGTERM, t),
+            vec![Action::Forward(libc::SIGTERM)]
         );
         assert_eq!(l.deadline(), Some(t + GRACE));
         assert!(l.on_tick(false, t + Duration::from_secs(9)).is_empty());
         assert_eq!(
             l.on_tick(false, t + GRACE),
-            vec![Action::SignalAll(Signal::SIGKILL)]
+            vec![Action::SignalAll(libc::SIGKILL)]
         );
         // Killed: exit as soon as the child is reaped, with its status.
         l.on_reaped(CHILD, 137, t + GRACE);
@@ -212,7 +203,7 @@ mod tests {
     #[test]
     fn prompt_exit_after_term_does_not_wait_for_grace() {
         let (mut l, t) = start();
-        l.on_signal(Signal::SIGINT, t);
+        l.on_signal(libc::SIGINT, t);
         l.on_reaped(CHILD, 130, t + Duration::from_millis(5));
         assert_eq!(
             l.on_tick(true, t + Duration::from_millis(5)),
@@ -224,16 +215,13 @@ mod tests {
     fn leftovers_get_term_then_kill_then_exit() {
         let (mut l, t) = start();
         l.on_reaped(CHILD, 0, t);
-        assert_eq!(
-            l.on_tick(false, t),
-            vec![Action::SignalAll(Signal::SIGTERM)]
-        );
+        assert_eq!(l.on_tick(false, t), vec![Action::SignalAll(libc::SIGTERM)]);
         assert!(l.on_tick(false, t + Duration::from_secs(1)).is_empty());
         // Signals are no longer forwarded once the child is gone.
-        assert!(l.on_signal(Signal::SIGHUP, t).is_empty());
+        assert!(l.on_signal(libc::SIGHUP, t).is_empty());
         assert_eq!(
             l.on_tick(false, t + GRACE),
-            vec![Action::SignalAll(Signal::SIGKILL)]
+            vec![Action::SignalAll(libc::SIGKILL)]
         );
         assert_eq!(l.on_tick(true, t + GRACE), vec![Action::Exit(0)]);
     }
@@ -241,7 +229,7 @@ mod tests {
     #[test]
     fn gives_up_after_kill_wait_when_something_survives_kill() {
         let (mut l, t) = start();
-        l.on_signal(Signal::SIGTERM, t);
+        l.on_signal(libc::SIGTERM, t);
         l.on_tick(false, t + GRACE);
         assert_eq!(l.deadline(), Some(t + GRACE + KILL_WAIT));
         assert_eq!(
@@ -253,8 +241,8 @@ mod tests {
     #[test]
     fn second_term_does_not_restart_grace() {
         let (mut l, t) = start();
-        l.on_signal(Signal::SIGTERM, t);
-        l.on_signal(Signal::SIGTERM, t + Duration::from_secs(5));
+        l.on_signal(libc::SIGTERM, t);
+        l.on_signal(libc::SIGTERM, t + Duration::from_secs(5));
         assert_eq!(l.deadline(), Some(t + GRACE));
     }
 
@@ -264,29 +252,30 @@ mod tests {
         let mut l = Lifecycle::without_child(143, GRACE, t);
         assert_eq!(l.on_tick(true, t), vec![Action::Exit(143)]);
         let mut l = Lifecycle::without_child(0, GRACE, t);
-        assert_eq!(
-            l.on_tick(false, t),
-            vec![Action::SignalAll(Signal::SIGTERM)]
-        );
+        assert_eq!(l.on_tick(false, t), vec![Action::SignalAll(libc::SIGTERM)]);
         assert_eq!(
             l.on_tick(false, t + GRACE),
-            vec![Action::SignalAll(Signal::SIGKILL)]
+            vec![Action::SignalAll(libc::SIGKILL)]
         );
     }
 
     #[test]
     fn exit_codes_follow_the_shell_convention() {
-        let pid = Pid::from_raw(5);
-        assert_eq!(exit_code(WaitStatus::Exited(pid, 0)), Some(0));
-        assert_eq!(exit_code(WaitStatus::Exited(pid, 255)), Some(255));
-        assert_eq!(
-            exit_code(WaitStatus::Signaled(pid, Signal::SIGTERM, false)),
-            Some(143)
-        );
-        assert_eq!(
-            exit_code(WaitStatus::Signaled(pid, Signal::SIGKILL, true)),
-            Some(137)
-        );
-        assert_eq!(exit_code(WaitStatus::StillAlive), None);
+        // Raw wait statuses as the kernel builds them: exit code << 8, or the signal number
+        // (| 0x80 for a core dump), or 0x7f for a stop.
+        let exited = |code: i32| code << 8;
+        assert_eq!(exit_code(exited(0)), Some(0));
+        assert_eq!(exit_code(exited(255)), Some(255));
+        assert_eq!(exit_code(libc::SIGTERM), Some(143));
+        assert_eq!(exit_code(libc::SIGKILL | 0x80), Some(137));
+        // Every signal 1–64, real-time ones included.
+        for sig in 1..=64 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP || sig == 0x7f {
+                continue;
+            }
+            assert_eq!(exit_code(sig), Some(128 + sig), "signal {sig}");
+        }
+        assert_eq!(exit_code((libc::SIGSTOP << 8) | 0x7f), None, "stopped");
+        assert_eq!(exit_code(0xffff), None, "continued");
     }
 }

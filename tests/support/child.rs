@@ -113,11 +113,15 @@ fn trap_int(code: i32) -> ! {
 
 /// Print "<who> got SIGX" for every forwardable signal; exit 0 after SIGTERM.
 fn report_signals(with_grandchild: bool) -> ! {
-    let mut set = SigSet::empty();
-    for s in occ_init::init::signals::FORWARDED {
-        set.add(s);
+    // Every signal a process may block (real-time and fault signals included), as raw
+    // numbers: nix's `Signal` cannot express the real-time ones.
+    // SAFETY: plain libc signal-set calls on a local set, in a single-threaded program.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigfillset(&mut set);
+        libc::sigdelset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
-    let _ = signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
     let mut who = "child";
     if with_grandchild {
         // SAFETY: single-threaded program; the child only prints and waits for signals.
@@ -129,9 +133,11 @@ fn report_signals(with_grandchild: bool) -> ! {
         say("ready");
     }
     loop {
-        if let Ok(sig) = set.wait() {
-            say(&format!("{who} got {}", sig.as_str()));
-            if sig == Signal::SIGTERM {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: sigwait on our own blocked set.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            say(&format!("{who} got {}", occ_init::init::signals::name(sig)));
+            if sig == libc::SIGTERM {
                 std::process::exit(0);
             }
         }
