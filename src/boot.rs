@@ -229,9 +229,11 @@ fn pid_file(cfg: &Config) -> Option<PathBuf> {
 fn write_pid_file(cfg: &Config) {
     let Some(path) = pid_file(cfg) else { return };
     if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        if !dir.exists() {
+            let _ = std::fs::create_dir_all(dir);
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
     }
     if let Err(e) = std::fs::write(&path, format!("{}\n", std::process::id())) {
         log::debug!("cannot write {}: {e}", path.display());

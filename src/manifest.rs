@@ -119,6 +119,8 @@ pub struct SystemFacts {
     pub accounts: HashMap<String, u32>,
     /// Names that are never login users (the service user, built-in image users).
     pub reserved: HashSet<String>,
+    /// Group names in /etc/group.
+    pub groups: HashSet<String>,
 }
 
 impl SystemFacts {
@@ -128,6 +130,7 @@ impl SystemFacts {
         SystemFacts {
             accounts: HashMap::new(),
             reserved,
+            groups: HashSet::new(),
         }
     }
 }
@@ -209,6 +212,14 @@ pub fn validate(m: &Manifest, facts: &SystemFacts) -> Vec<Problem> {
                         format!("'{}' is a system account (uid {uid})", u.name),
                     );
                 }
+            } else if facts.groups.contains(&u.name) {
+                add(
+                    "name",
+                    format!(
+                        "'{}' is an existing group: useradd cannot create a user of that name",
+                        u.name
+                    ),
+                );
             }
         }
         if let Err(msg) = check_hash(&u.password_hash) {

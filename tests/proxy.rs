@@ -596,3 +596,62 @@ fn browser_logs_in_and_gets_the_opencode_ui() {
     drop(init);
     sb.assert_host_untouched();
 }
+
+/// A manifest that locks alice but also adds a user that cannot be created (`staff`, an
+/// existing group) must not leave alice able to log in, nor count as authentication.
+#[test]
+fn a_manifest_that_cannot_be_applied_fails_closed() {
+    let (sb, port) = proxied(
+        &format!("['{CHILD}', 'fake-opencode', '--behavior', 'healthy']"),
+        "",
+    );
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log_within("opencode is not started", Duration::from_secs(20));
+    add_user(&sb, &init, "alice", "alice password 1");
+    init.expect_log_within("opencode is ready", Duration::from_secs(30));
+    let alice = basic("alice", "alice password 1");
+    assert!(eventually(Duration::from_secs(10), || http(
+        port, "GET", "/x", &alice, ""
+    )
+    .status
+        == 200));
+    let manifest = std::fs::read_to_string(sb.manifest()).unwrap();
+    let hash = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("password_hash = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    assert!(sb
+        .etc_file("group")
+        .lines()
+        .any(|l| l.starts_with("staff:")));
+    std::fs::write(
+        sb.manifest(),
+        format!(
+            "version = 1\n\n[[users]]\nname = \"alice\"\npassword_hash = \"{hash}\"\nlocked = true\n\n\
+             [[users]]\nname = \"staff\"\npassword_hash = \"{hash}\"\n"
+        ),
+    )
+    .unwrap();
+    init.signal(nix::sys::signal::Signal::SIGHUP);
+    init.expect_log_within("existing group", Duration::from_secs(10));
+    let st = status_json(&sb, &init);
+    assert_eq!(st["security"]["auth_users"], serde_json::json!([]), "{st}");
+    assert!(
+        st["users"]["error"].as_str().unwrap().contains("staff"),
+        "{st}"
+    );
+    assert_eq!(st["opencode"]["state"], "gated", "{st}");
+    // alice gets nothing, whatever her password.
+    assert!(eventually(Duration::from_secs(10), || http(
+        port, "GET", "/x", &alice, ""
+    )
+    .status
+        != 200));
+    for _ in 0..3 {
+        assert_ne!(http(port, "GET", "/x", &alice, "").status, 200);
+    }
+    drop(init);
+    sb.assert_host_untouched();
+}

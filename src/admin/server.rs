@@ -193,9 +193,14 @@ pub fn start(
         path: path.to_path_buf(),
         source,
     };
+    // Only a directory occ-init creates is made 0700: `OCC_ADMIN_SOCKET=/run/admin.sock`
+    // must not close /run to everyone. The socket itself is 0600 and checks the peer uid.
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io_err)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io_err)?;
+        }
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {

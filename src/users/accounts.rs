@@ -41,6 +41,8 @@ impl Account {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Accounts {
     pub by_name: BTreeMap<String, Account>,
+    /// Names of the groups in /etc/group (useradd cannot create a user named like one).
+    pub groups: std::collections::BTreeSet<String>,
 }
 
 impl Accounts {
@@ -71,7 +73,10 @@ impl Accounts {
                 }
             }
         }
-        Accounts { by_name }
+        Accounts {
+            by_name,
+            groups: Default::default(),
+        }
     }
 
     /// Read `<etc>/passwd` and `<etc>/shadow`; an error names the file that failed.
@@ -80,7 +85,15 @@ impl Accounts {
             let path = etc.join(name);
             std::fs::read_to_string(&path).map_err(|e| (path, e))
         };
-        Ok(Accounts::parse(&read("passwd")?, &read("shadow")?))
+        let mut a = Accounts::parse(&read("passwd")?, &read("shadow")?);
+        a.groups = std::fs::read_to_string(etc.join("group"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(':').next())
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect();
+        Ok(a)
     }
 
     pub fn get(&self, name: &str) -> Option<&Account> {
@@ -95,6 +108,7 @@ impl Accounts {
             .iter()
             .map(|(n, a)| (n.clone(), a.uid))
             .collect();
+        facts.groups = self.groups.iter().cloned().collect();
         facts
     }
 }

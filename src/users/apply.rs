@@ -110,11 +110,63 @@ pub fn wipe(buf: &mut [u8]) {
     }
 }
 
-/// Apply a plan: create missing users, then every shadow change in one batch.
-/// Stops at the first failing tool; what was done stays done (useradd is not undone).
+/// Apply a plan, failing closed: locks of existing users first (one `chpasswd -e`), then
+/// every `useradd`, then the remaining shadow changes for the users that exist. A failing
+/// tool does not stop the rest: whatever can be applied is, and the first error is returned.
 pub fn apply(plan: &Plan) -> Result<(), UsersError> {
-    for user in &plan.create {
-        useradd(user)?;
+    let (first, rest) = order(plan);
+    let mut first_error = None;
+    if let Err(e) = chpasswd_encrypted(&first) {
+        first_error.get_or_insert(e);
     }
-    chpasswd_encrypted(&plan.set_shadow)
+    let mut failed = std::collections::HashSet::new();
+    for user in &plan.create {
+        if let Err(e) = useradd(user) {
+            log::error!("users: {e}");
+            failed.insert(user.name.as_str());
+            first_error.get_or_insert(e);
+        }
+    }
+    let rest: Vec<(String, String)> = rest
+        .into_iter()
+        .filter(|(name, _)| !failed.contains(name.as_str()))
+        .collect();
+    if let Err(e) = chpasswd_encrypted(&rest) {
+        first_error.get_or_insert(e);
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Split the shadow changes: locks of users that already exist (applied before anything
+/// else), and the rest (after the users are created). Pure.
+pub fn order(plan: &Plan) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    let new: std::collections::HashSet<&str> =
+        plan.create.iter().map(|u| u.name.as_str()).collect();
+    plan.set_shadow.iter().cloned().partition(|(name, shadow)| {
+        crate::manifest::is_locked_hash(shadow) && !new.contains(name.as_str())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locks_of_existing_users_go_first() {
+        let plan = Plan {
+            create: vec![NewUser {
+                name: "carol".into(),
+                uid: None,
+            }],
+            set_shadow: vec![
+                ("alice".into(), "!$y$j9T$a".into()),
+                ("bob".into(), "$y$j9T$b".into()),
+                ("carol".into(), "!$y$j9T$c".into()),
+            ],
+            ..Plan::default()
+        };
+        let (first, rest) = order(&plan);
+        assert_eq!(first, vec![("alice".to_string(), "!$y$j9T$a".to_string())]);
+        assert_eq!(rest.len(), 2);
+    }
 }

@@ -565,10 +565,13 @@ impl Users {
                 UserInfo {
                     name: u.name.clone(),
                     uid: acct.map(|a| a.uid).or(u.uid),
-                    locked: match acct.and_then(|a| a.shadow.as_deref()) {
-                        Some(s) => manifest::is_locked_hash(s),
-                        None => u.locked || manifest::is_locked_hash(&u.password_hash),
-                    },
+                    // Locked when either side says so: a lock the manifest asks for counts
+                    // even if applying it to /etc failed (fail closed).
+                    locked: u.locked
+                        || manifest::is_locked_hash(&u.password_hash)
+                        || acct
+                            .and_then(|a| a.shadow.as_deref())
+                            .is_some_and(manifest::is_locked_hash),
                     in_manifest: true,
                     in_etc: acct.is_some(),
                 }

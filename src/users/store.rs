@@ -64,15 +64,46 @@ impl Store {
         self.sibling(".bak")
     }
 
-    /// The manifest text, or `None` when the file does not exist.
+    /// The manifest text, or `None` when the file does not exist. The directory is not
+    /// trusted: the open never blocks (a FIFO), and only a regular file of at most
+    /// [`crate::manifest::MAX_BYTES`] is read (not `/dev/zero`, not 5 MiB). Symlinks are
+    /// followed: a Kubernetes Secret's files are symlinks.
     pub fn read(&self) -> io::Result<Option<String>> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => String::from_utf8(bytes)
-                .map(Some)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "manifest is not UTF-8")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        use std::io::Read;
+        let limit = crate::manifest::MAX_BYTES;
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        if !meta.file_type().is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the manifest is not a regular file (a FIFO, a device or a directory?)",
+            ));
         }
+        if meta.len() > limit as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the manifest is {} bytes; the limit is {limit}", meta.len()),
+            ));
+        }
+        let mut bytes = Vec::new();
+        file.take(limit as u64 + 1).read_to_end(&mut bytes)?;
+        if bytes.len() > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the manifest is larger than {limit} bytes"),
+            ));
+        }
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "manifest is not UTF-8"))
     }
 
     /// Take the users lock: a lock file beside the manifest, or under /run when that
@@ -144,13 +175,23 @@ impl Store {
     }
 }
 
+/// The lock file: never through a symlink (root would create a file wherever it points),
+/// and only a regular file.
 fn open_lock(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
-        .open(path)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(f)
 }
 
 /// Temp file (0600) in the same directory, write, fsync, rename over `path`, fsync the dir.

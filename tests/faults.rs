@@ -1,0 +1,99 @@
+//! Fault injection: an untrusted manifest directory (a FIFO, a symlink to /dev/zero, a 5 MiB
+//! file, a lock-file symlink), a missing `useradd`. PID 1 must stay up, fail closed (gated)
+//! and say in `status` what is wrong. Each boot runs in a users sandbox with a deadline.
+
+mod support;
+
+use std::time::Duration;
+
+use support::sandbox::{setup, text, Sandbox};
+
+fn status(sb: &Sandbox, init: &support::Init) -> serde_json::Value {
+    let out = sb.exec(init, &["status", "--json"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn boot_with_bad_manifest(make: impl FnOnce(&std::path::Path), want: &str) {
+    let (sb, _port) = setup("0.0.0.0", "healthy", "");
+    make(&sb.manifest());
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log_within("opencode is not started", Duration::from_secs(20));
+    let st = status(&sb, &init);
+    assert_eq!(st["opencode"]["state"], "gated", "{st}");
+    let err = st["users"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(err.contains(want), "{want:?} not in {err:?}");
+    // PID 1 is alive and answers.
+    let out = sb.exec(&init, &["health", "--live"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    drop(init);
+    sb.assert_host_untouched();
+}
+
+#[test]
+fn a_fifo_as_the_manifest_does_not_hang_the_boot() {
+    boot_with_bad_manifest(
+        |p| {
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        },
+        "not a regular file",
+    );
+}
+
+#[test]
+fn a_symlink_to_dev_zero_is_not_read() {
+    boot_with_bad_manifest(
+        |p| std::os::unix::fs::symlink("/dev/zero", p).unwrap(),
+        "not a regular file",
+    );
+}
+
+#[test]
+fn a_5_mib_manifest_is_refused_before_reading() {
+    boot_with_bad_manifest(
+        |p| std::fs::write(p, vec![b'#'; 5 * 1024 * 1024]).unwrap(),
+        "the limit is",
+    );
+}
+
+#[test]
+fn the_lock_file_is_never_created_through_a_symlink() {
+    let (sb, _port) = setup("0.0.0.0", "healthy", "");
+    let target = sb.path("pwned");
+    std::os::unix::fs::symlink(&target, sb.path("occ/.occ-users.lock")).unwrap();
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log_within("opencode is not started", Duration::from_secs(20));
+    let out = sb.exec(
+        &init,
+        &["user", "add", "alice", "--password-stdin"],
+        Some("alice password 1"),
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!target.exists(), "root created a file through the symlink");
+    drop(init);
+    sb.assert_host_untouched();
+}
+
+#[test]
+fn useradd_missing_from_path_keeps_pid1_up_and_says_so() {
+    let (mut sb, _port) = setup("0.0.0.0", "healthy", "");
+    std::fs::write(
+        sb.manifest(),
+        "version = 1\n\n[[users]]\nname = \"alice\"\n\
+         password_hash = \"$y$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o.9agCG9G317fhZg9SqC.5i5rd.RhAtQ7\"\n",
+    )
+    .unwrap();
+    // Debian keeps useradd in /usr/sbin; unshare, mount and sh stay reachable.
+    assert!(!std::path::Path::new("/usr/bin/useradd").exists());
+    sb.env.push(("PATH".into(), "/usr/bin:/bin".into()));
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log_within("useradd", Duration::from_secs(20));
+    init.expect_log_within("opencode is not started", Duration::from_secs(20));
+    let out = sb.exec(&init, &["health", "--live"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    drop(init);
+    sb.assert_host_untouched();
+}
