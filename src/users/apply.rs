@@ -137,9 +137,12 @@ pub fn apply(plan: &Plan) -> Result<(), UsersError> {
     first_error.map_or(Ok(()), Err)
 }
 
+/// `(name, shadow field)` lines for one `chpasswd -e`.
+pub type ShadowBatch = Vec<(String, String)>;
+
 /// Split the shadow changes: locks of users that already exist (applied before anything
 /// else), and the rest (after the users are created). Pure.
-pub fn order(plan: &Plan) -> (Vec<(String, String)>, Vec<(String, String)>) {
+pub fn order(plan: &Plan) -> (ShadowBatch, ShadowBatch) {
     let new: std::collections::HashSet<&str> =
         plan.create.iter().map(|u| u.name.as_str()).collect();
     plan.set_shadow.iter().cloned().partition(|(name, shadow)| {
