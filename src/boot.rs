@@ -420,6 +420,7 @@ impl Boot {
                 _ => None,
             },
             ready: self.opencode().is_ready(),
+            users: self.active_users.len(),
         };
         if let Ok(mut g) = shared.gate.lock() {
             if *g != view {

@@ -78,7 +78,7 @@ impl Manifest {
             toml::to_string(self).unwrap_or_else(|e| format!("# serialization failed: {e}\n"));
         format!(
             "# occ-init users manifest: login users and their shadow password hashes.\n\
-             # Written by occ-init; keep it 0600. Format: https://github.com/opencode-cloud/occ-init#users\n\n{body}"
+             # Written by occ-init; keep it 0600. Format: docs/users.md (/usr/share/doc/occ-init in the image)\n\n{body}"
         )
     }
 }

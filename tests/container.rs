@@ -74,9 +74,9 @@ fn containerfile_copies_existing_paths_and_names_real_commands() {
         .expect("ENTRYPOINT");
     let entry = json_array(entry);
     assert_eq!(entry, vec!["/usr/local/bin/occ-init"]);
-    assert!(ins.iter().any(|i| i.contains(
-        "COPY --from=build /src/target/release/occ-init /src/target/release/occ-proxy /usr/local/bin/"
-    )));
+    assert!(ins
+        .iter()
+        .any(|i| i.contains("COPY --from=build /out/occ-init /out/occ-proxy /usr/local/bin/")));
     assert!(ins
         .iter()
         .any(|i| i.contains("--bin occ-init --bin occ-proxy")));
@@ -94,7 +94,22 @@ fn containerfile_copies_existing_paths_and_names_real_commands() {
     assert!(ins
         .iter()
         .any(|i| i.starts_with("VOLUME") && i.contains("/var/lib/occ")));
-    assert!(ins.iter().any(|i| i.starts_with("FROM ubuntu:24.04")));
+    // The bases are ARGs whose defaults are the real images (stand-ins only by build-arg).
+    for (arg, real) in [
+        ("BASE_IMAGE", "ubuntu:24.04"),
+        ("RUST_IMAGE", "rust:1-bookworm"),
+        ("NODE_IMAGE", "node:20-bookworm-slim"),
+    ] {
+        assert!(
+            ins.iter().any(|i| *i == format!("ARG {arg}={real}")),
+            "{arg}"
+        );
+        assert!(
+            ins.iter()
+                .any(|i| i.starts_with(&format!("FROM ${{{arg}}}"))),
+            "{arg}"
+        );
+    }
     // The default port matches the config default.
     let cfg = occ_init::config::Config::default();
     assert!(ins.iter().any(|i| *i == format!("EXPOSE {}", cfg.port)));

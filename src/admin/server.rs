@@ -127,6 +127,8 @@ pub struct GateView {
     pub reason: Option<String>,
     /// opencode answers health probes.
     pub ready: bool,
+    /// How many users can log in now.
+    pub users: usize,
 }
 
 /// What connection threads share; PID 1's loop updates it on reload.
@@ -386,7 +388,8 @@ fn handle_auth(route: api::AuthRoute, shared: &Shared) -> Response {
                 .map_err(|_| ApiError::new(500, "internal", "gate state unavailable"))?;
             Ok(ok(
                 200,
-                json!({"gated": gate.reason.is_some(), "reason": gate.reason, "ready": gate.ready}),
+                json!({"gated": gate.reason.is_some(), "reason": gate.reason, "ready": gate.ready,
+                       "users": gate.users}),
             ))
         }
         api::AuthRoute::User { name } => {

@@ -34,6 +34,8 @@ pub enum Verdict {
 pub struct GateState {
     pub reason: Option<String>,
     pub ready: bool,
+    /// Users who can log in now (0: the login page says how to add one).
+    pub users: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -153,6 +155,7 @@ impl AuthClient {
                 None
             },
             ready: v["ready"].as_bool().unwrap_or(false),
+            users: v["users"].as_u64().unwrap_or(1) as usize,
         })
     }
 }

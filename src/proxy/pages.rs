@@ -29,11 +29,18 @@ font-size:15px;cursor:pointer}.err{background:#3a1d22;border:1px solid #6b2a35;c
 padding:8px 10px;border-radius:6px;margin:0 0 8px;font-size:14px}code{background:#0f1115;padding:2px 5px;\
 border-radius:4px;font-size:13px;word-break:break-all}";
 
-/// The login form. `error` is shown above it (already generic; escaped here).
-pub fn login(next: &str, error: Option<&str>) -> String {
-    let err = error
+/// The login form. `error` is shown above it (already generic; escaped here); `no_users`
+/// adds how to create the first account.
+pub fn login(next: &str, error: Option<&str>, no_users: bool) -> String {
+    let mut err = error
         .map(|e| format!("<div class=\"err\" role=\"alert\">{}</div>", escape(e)))
         .unwrap_or_default();
+    if no_users {
+        err.push_str(&format!(
+            "<p>No user exists yet. Add one on the host:</p><p><code>{}</code></p>",
+            escape(GATE_HOWTO)
+        ));
+    }
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
@@ -84,7 +91,9 @@ mod tests {
 
     #[test]
     fn escapes_everything_it_shows() {
-        let page = login("/\"><script>x</script>", Some("<b>bad</b>"));
+        let page = login("/\"><script>x</script>", Some("<b>bad</b>"), false);
+        assert!(!page.contains("No user exists yet"));
+        assert!(login("/", None, true).contains("occ-init user add NAME"));
         assert!(!page.contains("<script>x"));
         assert!(!page.contains("<b>bad"));
         assert!(page.contains("name=\"username\"") && page.contains("name=\"password\""));

@@ -384,7 +384,9 @@ impl Proxy {
             );
         }
         // While gated nothing but the gate page is served, and no password is checked.
-        match self.gate().await {
+        let gate = self.gate().await;
+        let no_users = matches!(&gate, Ok(g) if g.users == 0);
+        match gate {
             Ok(GateState {
                 reason: Some(why), ..
             }) => {
@@ -416,9 +418,9 @@ impl Proxy {
                     .and_then(|q| request::form_value(q, "next"))
                     .map(|n| request::safe_next(&n))
                     .unwrap_or_else(|| "/".into());
-                html(StatusCode::OK, pages::login(&next, None))
+                html(StatusCode::OK, pages::login(&next, None, no_users))
             }
-            Kind::LoginSubmit => self.login(req, &client, https).await,
+            Kind::LoginSubmit => self.login(req, &client, https, no_users).await,
             Kind::Logout => self.logout(&req, https),
             Kind::OwnNotFound => json(
                 StatusCode::NOT_FOUND,
@@ -445,7 +447,13 @@ impl Proxy {
         }
     }
 
-    async fn login(&self, req: Request<Incoming>, client: &str, https: bool) -> Response<Body> {
+    async fn login(
+        &self,
+        req: Request<Incoming>,
+        client: &str,
+        https: bool,
+        no_users: bool,
+    ) -> Response<Body> {
         let body = tokio::time::timeout(
             FORM_TIMEOUT,
             Limited::new(req.into_body(), MAX_FORM).collect(),
@@ -456,13 +464,13 @@ impl Proxy {
             Ok(Err(_)) => {
                 return html(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    pages::login("/", Some("That form was too large.")),
+                    pages::login("/", Some("That form was too large."), no_users),
                 )
             }
             Err(_) => {
                 return html(
                     StatusCode::REQUEST_TIMEOUT,
-                    pages::login("/", Some("The form took too long to arrive.")),
+                    pages::login("/", Some("The form took too long to arrive."), no_users),
                 )
             }
         };
@@ -471,7 +479,7 @@ impl Proxy {
         let Some(form) = form else {
             return html(
                 StatusCode::BAD_REQUEST,
-                pages::login("/", Some("Enter a username and a password.")),
+                pages::login("/", Some("Enter a username and a password."), no_users),
             );
         };
         let started = Instant::now();
@@ -510,7 +518,7 @@ impl Proxy {
                 tokio::time::sleep_until((started + FAIL_FLOOR).into()).await;
                 html(
                     StatusCode::UNAUTHORIZED,
-                    pages::login(&form.next, Some("Invalid username or password.")),
+                    pages::login(&form.next, Some("Invalid username or password."), no_users),
                 )
             }
             Verdict::Limited { retry_after } => {
@@ -525,6 +533,7 @@ impl Proxy {
                         Some(&format!(
                             "Too many failed attempts. Try again in {retry_after} seconds."
                         )),
+                        no_users,
                     )),
                 )
             }

@@ -47,15 +47,29 @@ fn run(mut cmd: Command, what: &'static str, input: Option<&[u8]>) -> Result<(),
     if out.status.success() {
         Ok(())
     } else {
+        let mut message = format!(
+            "{} ({})",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            out.status
+        );
+        if etc_is_read_only() {
+            message.push_str(
+                "; /etc is on a read-only filesystem (a --read-only container?): adding or \
+                 changing users needs a writable /etc and /home (see docs/deploy.md)",
+            );
+        }
         Err(UsersError::Tool {
             tool: what,
-            message: format!(
-                "{} ({})",
-                String::from_utf8_lossy(&out.stderr).trim(),
-                out.status
-            ),
+            message,
         })
     }
+}
+
+/// True when /etc cannot be written because its filesystem is mounted read-only.
+fn etc_is_read_only() -> bool {
+    nix::sys::statvfs::statvfs("/etc")
+        .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+        .unwrap_or(false)
 }
 
 /// `useradd -m -l -s /bin/bash -c <marker> [-u UID] NAME`

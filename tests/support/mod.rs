@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+pub mod http;
 pub mod sandbox;
 
 pub const OCC_INIT: &str = env!("CARGO_BIN_EXE_occ-init");
