@@ -111,9 +111,9 @@ fn unique(tag: &str) -> String {
 #[test]
 fn image_config_has_entrypoint_healthcheck_and_stopsignal() {
     let Some(e) = Engine::get() else { return };
-    let all: serde_json::Value =
-        serde_json::from_str(&e.ok(&["image", "inspect", "--format", "{{json .}}", &e.image]))
-            .unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&e.ok(&["image", "inspect", &e.image])).unwrap();
+    let all = &list[0];
     let cfg = &all["Config"];
     assert_eq!(
         cfg["Entrypoint"],
@@ -121,10 +121,10 @@ fn image_config_has_entrypoint_healthcheck_and_stopsignal() {
     );
     assert_eq!(cfg["StopSignal"], "SIGTERM");
     // podman keeps the healthcheck beside the config, docker inside it.
-    let hc = if all["HealthCheck"].is_null() {
+    let hc = if all["Healthcheck"].is_null() {
         &cfg["Healthcheck"]["Test"]
     } else {
-        &all["HealthCheck"]["Test"]
+        &all["Healthcheck"]["Test"]
     };
     assert_eq!(
         hc,
