@@ -377,7 +377,7 @@ impl Boot {
                         ServiceKind::Proxy => proxy_settings(&cfg),
                     };
                 }
-                self.users = Users::new(users_config(&cfg));
+                self.users = Users::new(users_config(&cfg)).keep_unsaved_from(&self.users);
                 self.cfg = cfg;
             }
             Err(e) => log::error!("configuration not reloaded, keeping the old one: {e}"),

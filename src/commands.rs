@@ -390,9 +390,41 @@ fn print_users(rows: Vec<crate::users::UserInfo>, json: bool) -> i32 {
     0
 }
 
+/// The `--users PATH` of a user command.
+fn users_flag(cmd: &UserCommand) -> Option<&PathBuf> {
+    match cmd {
+        UserCommand::Add { manifest, .. }
+        | UserCommand::Remove { manifest, .. }
+        | UserCommand::Passwd { manifest, .. }
+        | UserCommand::Lock { manifest, .. }
+        | UserCommand::Unlock { manifest, .. }
+        | UserCommand::List { manifest, .. }
+        | UserCommand::Verify { manifest, .. }
+        | UserCommand::Export { manifest, .. }
+        | UserCommand::Import { manifest, .. }
+        | UserCommand::Sync { manifest, .. } => manifest.users.as_ref(),
+    }
+}
+
 pub fn user(cmd: UserCommand) -> i32 {
     // Loaded once: a broken config file is warned about once, not per step.
     let cfg = config();
+    // A running PID 1 owns its manifest: another one named with --users would be changed
+    // behind its back (or silently ignored). Refuse, and say what to do.
+    if let Some(other) = users_flag(&cmd).filter(|p| **p != cfg.users_file) {
+        if cfg.admin_socket.exists()
+            && std::os::unix::net::UnixStream::connect(&cfg.admin_socket).is_ok()
+        {
+            eprintln!(
+                "occ-init: a running occ-init manages {}; --users {} is refused while it runs \
+                 (change users through it without --users, or point its users_file there and \
+                 restart it)",
+                cfg.users_file.display(),
+                other.display()
+            );
+            return crate::EXIT_USAGE;
+        }
+    }
     if let Some(code) = user_via_api(&cmd, &cfg.admin_socket) {
         return code;
     }
@@ -496,6 +528,9 @@ pub fn user(cmd: UserCommand) -> i32 {
             match users(&cfg, manifest.users).import(&text) {
                 Ok((p, r)) => {
                     println!("imported {}; {}", file.display(), r.summary);
+                    if crate::boot::notify_running_init(&cfg) {
+                        println!("told the running occ-init to re-read users");
+                    }
                     if let Some(note) = p.note() {
                         eprintln!("occ-init: {note}");
                     }
@@ -504,15 +539,27 @@ pub fn user(cmd: UserCommand) -> i32 {
                 Err(e) => fail(e),
             }
         }
-        UserCommand::Sync { manifest } => match users(&cfg, manifest.users).sync() {
-            Ok(r) => {
-                println!("{}", r.summary);
-                for w in r.warnings {
-                    eprintln!("occ-init: warning: {w}");
-                }
-                0
+        // What the boot does: the one-time import of legacy records, the bootstrap user
+        // from the environment, then /etc made to match the manifest.
+        UserCommand::Sync { manifest } => {
+            let bootstrap = match crate::users::Bootstrap::from_env() {
+                Ok(b) => b,
+                Err(e) => return fail(e),
+            };
+            let r = users(&cfg, manifest.users).restore_at_boot(bootstrap);
+            if crate::boot::notify_running_init(&cfg) {
+                println!("told the running occ-init to re-read users");
             }
-            Err(e) => fail(e),
-        },
+            match r.manifest_error {
+                Some(e) => fail(e),
+                None => {
+                    println!("{}", r.summary);
+                    for w in r.warnings {
+                        eprintln!("occ-init: warning: {w}");
+                    }
+                    0
+                }
+            }
+        }
     }
 }

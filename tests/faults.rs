@@ -97,3 +97,76 @@ fn useradd_missing_from_path_keeps_pid1_up_and_says_so() {
     drop(init);
     sb.assert_host_untouched();
 }
+
+const HASH: &str = "$y$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o.9agCG9G317fhZg9SqC.5i5rd.RhAtQ7";
+
+/// `user sync` does what the boot does (legacy records included) and tells PID 1; `user
+/// import` reports what it created and tells PID 1; `--users` elsewhere is refused while PID 1
+/// runs.
+#[test]
+fn sync_and_import_do_what_they_say_and_tell_pid1() {
+    let (sb, _port) = setup("0.0.0.0", "healthy", "");
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log_within("opencode is not started", Duration::from_secs(20));
+    assert!(!sb.manifest().exists());
+    // A legacy opencode-cloud record appears (e.g. a volume from the old image).
+    std::fs::write(
+        sb.path("legacy/alice.json"),
+        format!(r#"{{"username":"alice","password_hash":"{HASH}","locked":false}}"#),
+    )
+    .unwrap();
+    let out = sb.exec(&init, &["user", "sync"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 created"), "{}", text(&out));
+    assert!(
+        text(&out).contains("told the running occ-init"),
+        "{}",
+        text(&out)
+    );
+    init.expect_log_within("opencode is ready", Duration::from_secs(20));
+    let st = status(&sb, &init);
+    assert_eq!(
+        st["security"]["auth_users"],
+        serde_json::json!(["alice"]),
+        "{st}"
+    );
+
+    // import: the summary counts what it created.
+    let file = sb.path("occ/import.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "version = 1\n\n[[users]]\nname = \"alice\"\npassword_hash = \"{HASH}\"\n\n\
+             [[users]]\nname = \"bob\"\npassword_hash = \"{HASH}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = sb.exec(&init, &["user", "import", file.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 created, 0 updated, 0 locked (left the manifest), 1 unchanged"),
+        "{}",
+        text(&out)
+    );
+    assert!(support::eventually(Duration::from_secs(10), || status(
+        &sb, &init
+    )["security"]["auth_users"]
+        == serde_json::json!(["alice", "bob"])));
+
+    // --users naming another manifest while PID 1 runs: refused, nothing changed.
+    let other = sb.path("occ/other.toml");
+    let out = sb.exec(
+        &init,
+        &["user", "lock", "bob", "--users", other.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("is refused while it runs"),
+        "{}",
+        text(&out)
+    );
+    assert!(!other.exists());
+    drop(init);
+    sb.assert_host_untouched();
+}

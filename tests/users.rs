@@ -655,3 +655,51 @@ fn interactive_add_prompts_twice_without_echo() {
     assert_eq!(code, Some(1));
     assert!(sb.passwd_line("carol").is_none());
 }
+
+/// With a read-only manifest (a Kubernetes Secret), changes made through PID 1 live in an
+/// overlay until the next boot: a second change or a reload does not undo the first.
+#[test]
+fn read_only_manifest_keeps_unsaved_changes_until_the_next_boot() {
+    let (mut sb, _port) = support::sandbox::setup("0.0.0.0", "healthy", "");
+    write_manifest(&sb, &user("alice", H1, ""));
+    sb.prelude = format!(
+        "mount --bind -o ro '{0}' '{0}' &&",
+        sb.path("occ").display()
+    );
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log_within("opencode is ready", Duration::from_secs(30));
+    for (name, hash) in [("bob", H2), ("carol", H1)] {
+        let out = sb.exec(
+            &init,
+            &["user", "add", name, "--hash-stdin"],
+            Some(&format!("{hash}\n")),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("not persisted"), "{}", text(&out));
+    }
+    assert_eq!(
+        sb.shadow_of("bob").as_deref(),
+        Some(H2),
+        "bob was not locked by carol's add"
+    );
+    init.signal(nix::sys::signal::Signal::SIGHUP);
+    init.expect_log_within(
+        "re-reading configuration and users",
+        Duration::from_secs(10),
+    );
+    init.expect_log_within("users:", Duration::from_secs(10));
+    assert_eq!(sb.shadow_of("bob").as_deref(), Some(H2), "nor by a reload");
+    assert_eq!(sb.shadow_of("carol").as_deref(), Some(H1));
+    let out = sb.exec(&init, &["status", "--json"], None);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        st["security"]["auth_users"],
+        serde_json::json!(["alice", "bob", "carol"]),
+        "{st}"
+    );
+    assert!(!std::fs::read_to_string(sb.manifest())
+        .unwrap()
+        .contains("bob"));
+    drop(init);
+    sb.assert_host_untouched();
+}

@@ -154,12 +154,36 @@ pub struct RestoreReport {
 pub struct Users {
     pub cfg: UsersConfig,
     store: Store,
+    /// Changes that could not be saved (a read-only manifest, e.g. a Kubernetes Secret), kept
+    /// in memory until the next boot so later changes and reloads do not undo them. Shared
+    /// by clones (PID 1's loop and its admin threads).
+    overlay: std::sync::Arc<std::sync::Mutex<Option<Overlay>>>,
+}
+
+/// An unsaved manifest and the file text it was made from: if the file changes (the Secret
+/// was updated), the file wins and the overlay is dropped.
+#[derive(Debug, Clone)]
+struct Overlay {
+    base: Option<String>,
+    manifest: Manifest,
 }
 
 impl Users {
     pub fn new(cfg: UsersConfig) -> Users {
         let store = Store::new(cfg.manifest.clone());
-        Users { cfg, store }
+        Users {
+            cfg,
+            store,
+            overlay: Default::default(),
+        }
+    }
+
+    /// The same users with `other`'s unsaved changes (a reload that keeps the manifest path).
+    pub fn keep_unsaved_from(mut self, other: &Users) -> Users {
+        if self.cfg.manifest == other.cfg.manifest {
+            self.overlay = other.overlay.clone();
+        }
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -192,6 +216,19 @@ impl Users {
             .store
             .read()
             .map_err(|e| UsersError::io(&self.cfg.manifest, e))?;
+        if let Ok(mut overlay) = self.overlay.lock() {
+            match overlay.as_ref() {
+                Some(o) if o.base == text => return Ok(o.manifest.clone()),
+                Some(_) => {
+                    log::warn!(
+                        "users: {} changed on disk; changes that could not be saved there are dropped",
+                        self.cfg.manifest.display()
+                    );
+                    *overlay = None;
+                }
+                None => {}
+            }
+        }
         match text {
             None => Ok(Manifest::empty()),
             Some(t) => manifest::load(&t, &accounts.facts(&self.reserved())).map_err(|source| {
@@ -204,10 +241,20 @@ impl Users {
     }
 
     fn save(&self, m: &Manifest) -> Result<Persistence, UsersError> {
-        self.store
+        let persisted = self
+            .store
             .write(&m.to_toml())
-            .map(Persistence::from)
-            .map_err(|e| UsersError::io(&self.cfg.manifest, e))
+            .map_err(|e| UsersError::io(&self.cfg.manifest, e))?;
+        if let Ok(mut overlay) = self.overlay.lock() {
+            *overlay = match persisted {
+                store::Persisted::ReadOnly => Some(Overlay {
+                    base: self.store.read().ok().flatten(),
+                    manifest: m.clone(),
+                }),
+                _ => None,
+            };
+        }
+        Ok(Persistence::from(persisted))
     }
 
     fn lock(&self) -> Result<store::Lock, UsersError> {
@@ -487,8 +534,11 @@ impl Users {
                 source,
             }
         })?;
+        // The summary is what the import changes, counted before it is applied.
+        let summary = plan::plan(&m, &accounts).summary();
         let persistence = self.commit(m, None)?;
-        let report = self.sync_locked()?;
+        let mut report = self.sync_locked()?;
+        report.summary = summary;
         Ok((persistence, report))
     }
 
