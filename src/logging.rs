@@ -15,7 +15,8 @@ pub fn init_named(program: &'static str) {
         .unwrap_or_else(|_| "info".to_string());
     let _ = env_logger::Builder::new()
         .parse_filters(&filter)
-        .target(env_logger::Target::Stderr)
+        .target(env_logger::Target::Pipe(Box::new(Stderr)))
+        .write_style(env_logger::WriteStyle::Never)
         .format(move |buf, record| {
             writeln!(
                 buf,
@@ -25,4 +26,28 @@ pub fn init_named(program: &'static str) {
             )
         })
         .try_init();
+}
+
+/// Standard error for log lines: plain `write(2)`, and a line that cannot be written (stderr
+/// closed or broken) is dropped instead of becoming an error anywhere. (The SIGPIPE such a
+/// write raises in PID 1 is discarded by the signal reader, never forwarded.)
+struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: write(2) from a valid buffer of the given length to fd 2.
+        let n = unsafe { libc::write(libc::STDERR_FILENO, buf.as_ptr().cast(), buf.len()) };
+        if n > 0 {
+            return Ok(n as usize);
+        }
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        // Closed or broken: drop the rest of this line.
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -406,3 +406,43 @@ fn cli_commands_do_not_keep_pid1s_blocked_signals() {
     let _ = child.wait();
     assert_eq!(blocked, "SigBlk:\t0000000000000000");
 }
+
+#[test]
+fn a_sigpipe_occ_init_raised_itself_is_not_forwarded() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    // occ-init logs every forwarded signal at debug level to stderr; with its stderr closed
+    // that write raises SIGPIPE in occ-init itself, which must not reach the child.
+    let mut child = Command::new(OCC_INIT)
+        .args(["run", "--", CHILD, "report-signals"])
+        .env("OCC_LOG", "debug")
+        .env("OCC_USERS_FILE", "/nonexistent/occ-test/users.toml")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    drop(child.stderr.take());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), "ready");
+    for _ in 0..3 {
+        // SAFETY: kill with integer arguments.
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+        assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), "child got SIGUSR1");
+    }
+    let late: Vec<String> = rx.try_iter().collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let late: Vec<String> = late.into_iter().chain(rx.try_iter()).collect();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = child.wait();
+    assert!(
+        !late.iter().any(|l| l.contains("SIGPIPE")),
+        "occ-init forwarded its own SIGPIPE: {late:?}"
+    );
+}

@@ -186,8 +186,9 @@ impl SignalReader {
                 None => return Ok(None),
                 Some(info) => {
                     let sig = info.ssi_signo as Sig;
+                    // Dropped silently: logging it would write to the closed stderr that
+                    // raised it, and so raise the next one.
                     if info.ssi_pid == me && sig != libc::SIGCHLD {
-                        log::debug!("dropping {} raised by occ-init itself", name(sig));
                         continue;
                     }
                     return Ok(Some(sig));
