@@ -414,6 +414,19 @@ fn real_opencode_is_reachable_only_with_a_container_login() {
     let proxy_pid = before["proxy"]["pid"].as_i64().unwrap() as i32;
     let oc_pid = before["opencode"]["pid"].as_i64().unwrap();
     let host_pid = support::sandbox::host_pid_of(&init, proxy_pid);
+    // Its own unprivileged user, no capabilities, no way to gain privileges.
+    let st = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
+    let field = |k: &str| {
+        st.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    assert!(!field("Uid:").starts_with('0'), "{st}");
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("CapPrm:"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs:"), "1");
     kill(Pid::from_raw(host_pid), Signal::SIGKILL).unwrap();
     init.expect_log_within("proxy exited with status 137", Duration::from_secs(10));
     let bob_new = basic("bob", "bobs new secret");
@@ -602,4 +615,121 @@ fn a_manifest_that_cannot_be_applied_fails_closed() {
     }
     drop(init);
     sb.assert_host_untouched();
+}
+
+/// occ-proxy on its own (as `nobody`), facing hostile clients, with PID 1 unreachable:
+/// malformed requests, header floods, a slowloris, too many connections. It answers 400/431/
+/// 503, fails closed (no PID 1: nothing is let through) and stays up.
+#[test]
+fn hostile_clients_do_not_take_the_proxy_down() {
+    use std::os::unix::process::CommandExt;
+    let port = free_port();
+    let proxy = std::process::Command::new(support::OCC_PROXY)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            "127.0.0.1:9",
+            "--auth-socket",
+            "/nonexistent/occ-test/auth.sock",
+            "--max-connections",
+            "8",
+        ])
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = proxy.id();
+    let _guard = Kill(proxy);
+    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(
+        ("127.0.0.1", port)
+    )
+    .is_ok()));
+    let raw = |bytes: &[u8]| -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    // PID 1 cannot be asked: nothing goes through, whatever the credentials.
+    let r = http(port, "GET", "/session", &basic("alice", "x"), "");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(http(port, "GET", "/_occ/health", "", "").status, 200);
+    // Malformed request lines and headers.
+    for bad in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost x\r\n\r\n",
+        b"\x00\x01\x02\r\n\r\n",
+    ] {
+        let out = raw(bad);
+        assert!(
+            out.starts_with("HTTP/1.1 400") || out.starts_with("HTTP/1.1 505") || out.is_empty(),
+            "{bad:?} -> {out:?}"
+        );
+    }
+    // Too many headers, and headers larger than the limit.
+    let mut many = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..200 {
+        many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let out = raw(&many);
+    assert!(
+        out.starts_with("HTTP/1.1 431") || out.starts_with("HTTP/1.1 400") || out.is_empty(),
+        "{out:.80}"
+    );
+    let mut big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 200 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let out = raw(&big);
+    assert!(
+        out.starts_with("HTTP/1.1 431") || out.starts_with("HTTP/1.1 400") || out.is_empty(),
+        "{out:.80}"
+    );
+    // A slowloris is cut off after the header timeout.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 256];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "held {:?}",
+        t.elapsed()
+    );
+    let _ = n;
+    // Connections beyond the cap get 503 at once.
+    let held: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = raw(b"GET /_occ/health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 503"), "{out:?}");
+    assert!(out.contains("too many connections"), "{out:?}");
+    drop(held);
+    // Still up and answering.
+    assert!(eventually(Duration::from_secs(5), || http(
+        port,
+        "GET",
+        "/_occ/health",
+        "",
+        ""
+    )
+    .status
+        == 200));
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 }

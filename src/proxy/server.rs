@@ -426,11 +426,11 @@ impl Proxy {
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": "not_found"}),
             ),
-            Kind::PublicHealth => self.forward(req, &client, https, peer).await,
+            Kind::PublicHealth => self.forward(req, https, peer).await,
             Kind::Opencode => match self.authenticate(req.headers(), &client).await {
                 Auth::User(user) => {
                     log::trace!("{} {path} as {user:?}", req.method());
-                    self.forward(req, &client, https, peer).await
+                    self.forward(req, https, peer).await
                 }
                 Auth::Denied if wants_html => {
                     let target = req
@@ -570,7 +570,6 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        client: &str,
         https: bool,
         peer: SocketAddr,
     ) -> Response<Body> {
@@ -616,7 +615,6 @@ impl Proxy {
             (true, Some(prev)) => format!("{prev}, {}", peer.ip()),
             _ => peer.ip().to_string(),
         };
-        let _ = client;
         if let Ok(v) = HeaderValue::from_str(&xff) {
             h.insert("x-forwarded-for", v);
         }

@@ -14,6 +14,7 @@ pub mod http;
 pub mod sandbox;
 
 pub const OCC_INIT: &str = env!("CARGO_BIN_EXE_occ-init");
+pub const OCC_PROXY: &str = env!("CARGO_BIN_EXE_occ-proxy");
 pub const CHILD: &str = env!("CARGO_BIN_EXE_occ-test-child");
 
 /// Default deadline for anything a test waits for.
