@@ -170,3 +170,51 @@ fn sync_and_import_do_what_they_say_and_tell_pid1() {
     drop(init);
     sb.assert_host_untouched();
 }
+
+/// The manifest directory is a full tmpfs: a change fails with a clear error before /etc is
+/// touched, the old manifest stays intact, PID 1 stays up.
+#[test]
+fn a_full_manifest_directory_changes_nothing() {
+    let (mut sb, _port) = setup("0.0.0.0", "healthy", "");
+    let full = sb.path("full");
+    std::fs::create_dir_all(&full).unwrap();
+    let seed = sb.path("seed.toml");
+    let manifest =
+        format!("version = 1\n\n[[users]]\nname = \"alice\"\npassword_hash = \"{HASH}\"\n");
+    std::fs::write(&seed, &manifest).unwrap();
+    sb.prelude = format!(
+        "mount -t tmpfs -o size=64k,mode=0700 tmpfs '{d}' && cp '{seed}' '{d}/users.toml' && \
+         chmod 600 '{d}/users.toml' && (dd if=/dev/zero of='{d}/filler' bs=1k 2>/dev/null || true) &&",
+        d = full.display(),
+        seed = seed.display()
+    );
+    let users_file = full.join("users.toml").display().to_string();
+    sb.env.push(("OCC_USERS_FILE".into(), users_file.clone()));
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log_within("opencode is ready", Duration::from_secs(20));
+    let passwd_before = sb.etc_file("passwd");
+    let shadow_before = sb.etc_file("shadow");
+    let out = sb.exec(
+        &init,
+        &["user", "add", "bob", "--password-stdin"],
+        Some("bob password 123"),
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("no room to rewrite the manifest"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sb.etc_file("passwd"), passwd_before, "/etc/passwd changed");
+    assert_eq!(sb.etc_file("shadow"), shadow_before, "/etc/shadow changed");
+    let cat = sb.exec(&init, &["user", "export"], None);
+    assert!(
+        text(&cat).contains("alice") && !text(&cat).contains("bob"),
+        "{}",
+        text(&cat)
+    );
+    let out = sb.exec(&init, &["health", "--live"], None);
+    assert_eq!(out.status.code(), Some(0));
+    drop(init);
+    sb.assert_host_untouched();
+}

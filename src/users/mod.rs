@@ -437,8 +437,25 @@ impl Users {
         let _lock = self.lock()?;
         let accounts = self.accounts()?;
         let mut m = self.load(&accounts)?;
+        self.reserve_space(&m)?;
         edit(&mut m, &accounts)?;
         self.commit(m, retire)
+    }
+
+    /// Fail before /etc is touched when the manifest directory cannot take the rewrite (the
+    /// new manifest, its backup and the temporary file; a user adds at most a few hundred
+    /// bytes).
+    fn reserve_space(&self, m: &Manifest) -> Result<(), UsersError> {
+        let need = 3 * (m.to_toml().len() + 1024);
+        self.store.reserve(need).map_err(|e| {
+            UsersError::io(
+                &self.cfg.manifest,
+                std::io::Error::new(
+                    e.kind(),
+                    format!("no room to rewrite the manifest ({e}); nothing was changed"),
+                ),
+            )
+        })
     }
 
     /// Add a user with a plaintext password (hashed by the system) or a ready hash.
@@ -534,6 +551,7 @@ impl Users {
                 source,
             }
         })?;
+        self.reserve_space(&m)?;
         // The summary is what the import changes, counted before it is applied.
         let summary = plan::plan(&m, &accounts).summary();
         let persistence = self.commit(m, None)?;

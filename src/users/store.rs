@@ -161,6 +161,26 @@ impl Store {
         }
     }
 
+    /// Make sure `bytes` can be written beside the manifest before anything else changes: a
+    /// temporary file of that size is written, synced and removed. A read-only directory
+    /// passes (nothing will be written there); a full one fails with the write's error.
+    pub fn reserve(&self, bytes: usize) -> io::Result<()> {
+        if !self.writable() {
+            return Ok(());
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".occ-space-")
+            .tempfile_in(self.dir())?;
+        let chunk = [0u8; 8192];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            tmp.write_all(&chunk[..n])?;
+            left -= n;
+        }
+        tmp.as_file().sync_all()
+    }
+
     /// True when the manifest can be written (for status: "not persisted").
     pub fn writable(&self) -> bool {
         let target = if self.path.exists() {
