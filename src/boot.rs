@@ -26,7 +26,14 @@ use crate::secret::SecretString;
 use crate::supervise::probe::{Prober, Target};
 use crate::supervise::spawn as oc;
 use crate::supervise::state::{Action, Event, Settings, Supervisor};
-use crate::users::{Bootstrap, Exposure, RestoreReport, Users, UsersConfig};
+use crate::users::{worker, Bootstrap, Exposure, RestoreReport, Users, UsersConfig};
+
+/// A user change in progress in the helper process.
+struct UserJob {
+    running: worker::Running,
+    reply: Option<std::sync::mpsc::Sender<LoopReply>>,
+    restore: bool,
+}
 
 /// Name of the pid file beside the admin socket, so `occ-init user …` can notify PID 1.
 pub const PID_FILE: &str = "init.pid";
@@ -61,6 +68,10 @@ pub struct Boot {
     listener: Option<std::net::TcpListener>,
     /// The signal state occ-init inherited, which its children get.
     pub child_signals: signals::Inherited,
+    /// The user helper process running now, and whom to answer when it is done.
+    user_job: Option<UserJob>,
+    /// User changes waiting for the helper (one runs at a time).
+    user_queue: VecDeque<(worker::Job, Option<std::sync::mpsc::Sender<LoopReply>>)>,
     /// Login users present and unlocked in /etc (what PAM accepts), for policy and status.
     pub active_users: Vec<String>,
     prober: Prober,
@@ -327,6 +338,8 @@ impl Boot {
             internal_port,
             listener: None,
             child_signals: signals::Inherited::default(),
+            user_job: None,
+            user_queue: VecDeque::new(),
             prober,
         })
     }
@@ -382,7 +395,9 @@ impl Boot {
             }
             Err(e) => log::error!("configuration not reloaded, keeping the old one: {e}"),
         }
-        self.report = self.users.restore_at_boot(None);
+        // The restore runs in the helper process; the loop goes on meanwhile.
+        self.user_queue.push_back((worker::Job::Restore, None));
+        self.start_user_job();
         if let Some((_, shared)) = &self.admin {
             if let Ok(mut u) = shared.users.lock() {
                 *u = self.users.clone();
@@ -488,6 +503,7 @@ impl Boot {
             None => return,
         };
         for job in jobs {
+            let mut job_reply = job.reply;
             let reply = match job.request {
                 LoopRequest::Status => Some(LoopReply::Status(Box::new(self.status()))),
                 LoopRequest::Ready => Some(LoopReply::Ready {
@@ -506,19 +522,85 @@ impl Boot {
                     }))
                 }
                 LoopRequest::User(op) => {
-                    let result = op.apply(&self.users, &exposure(&self.cfg));
-                    if result.is_ok() {
-                        self.reevaluate();
-                        events.push((0, Event::Policy(self.decision.allows_launch())));
-                    }
-                    Some(LoopReply::User(result))
+                    // Answered when the helper is done (see `finish_user_job`).
+                    let job = op.into_job(&exposure(&self.cfg));
+                    self.user_queue.push_back((job, job_reply.take()));
+                    self.start_user_job();
+                    None
                 }
             };
-            if let (Some(tx), Some(reply)) = (job.reply, reply) {
+            if let (Some(tx), Some(reply)) = (job_reply, reply) {
                 let _ = tx.send(reply);
             }
         }
         let _ = now;
+    }
+
+    /// Start the next queued user change in a helper process, unless one is running.
+    fn start_user_job(&mut self) {
+        if self.user_job.is_some() {
+            return;
+        }
+        let Some((job, reply)) = self.user_queue.pop_front() else {
+            return;
+        };
+        let restore = matches!(job, worker::Job::Restore);
+        // /proc/self/exe: still this binary even if the file was replaced on disk meanwhile.
+        let exe = PathBuf::from("/proc/self/exe");
+        let req = worker::request(&self.users, job);
+        match worker::Running::start(&exe, &req) {
+            Ok(running) => {
+                self.user_job = Some(UserJob {
+                    running,
+                    reply,
+                    restore,
+                })
+            }
+            Err(e) => {
+                log::error!("users: cannot start the user helper: {e}");
+                if let Some(tx) = reply {
+                    let _ = tx.send(LoopReply::User(Err(crate::admin::api::ApiError::new(
+                        500,
+                        "internal",
+                        format!("cannot start the user helper: {e}"),
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// Collect the helper's answer when it is there (or kill an overdue helper); then answer
+    /// the caller, re-evaluate the policy and start the next change. Returns events.
+    fn poll_user_job(&mut self, events: &mut Vec<(usize, Event)>) {
+        let Some(job) = self.user_job.as_mut() else {
+            return;
+        };
+        let answer = match job.running.poll() {
+            Some(a) => a,
+            None if job.running.started.elapsed() >= worker::HELPER_TIMEOUT => job.running.expire(),
+            None => return,
+        };
+        let Some(job) = self.user_job.take() else {
+            return;
+        };
+        self.users.set_overlay_wire(answer.overlay.clone());
+        if job.restore {
+            if let Some(report) = answer.report.clone() {
+                self.report = report;
+            }
+        }
+        let result = answer.result();
+        if let Err(e) = &result {
+            if job.reply.is_none() {
+                log::error!("users: {}", e.message);
+            }
+        }
+        if let Some(tx) = job.reply {
+            let _ = tx.send(LoopReply::User(result));
+        }
+        self.reevaluate();
+        events.push((0, Event::Policy(self.decision.allows_launch())));
+        self.start_user_job();
     }
 
     fn probe_target(&self, kind: ServiceKind) -> Target {
@@ -741,7 +823,18 @@ impl Boot {
                 if let Some((mailbox, _)) = &self.admin {
                     fds.push(PollFd::new(mailbox.as_fd(), PollFlags::POLLIN));
                 }
-                init::wait_any(&mut fds, self.deadline());
+                if let Some(job) = &self.user_job {
+                    fds.push(PollFd::new(job.running.as_fd(), PollFlags::POLLIN));
+                }
+                let helper_deadline = self
+                    .user_job
+                    .as_ref()
+                    .map(|j| j.running.started + worker::HELPER_TIMEOUT);
+                let deadline = match (self.deadline(), helper_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                init::wait_any(&mut fds, deadline);
             }
             let now = Instant::now();
             let mut events = Vec::new();
@@ -787,6 +880,7 @@ impl Boot {
                 events.push((i, Event::Probe { ok: result.is_ok() }));
             }
             self.serve_jobs(now, &mut events);
+            self.poll_user_job(&mut events);
             for i in 0..self.services.len() {
                 events.push((i, Event::Tick));
             }

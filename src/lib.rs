@@ -38,6 +38,14 @@ pub fn run() -> i32 {
             return 1;
         }
     };
+    // PID 1's user helper process (not a user command: no help, no clap).
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(users::worker::SUBCOMMAND))
+    {
+        init::signals::unblock(&signals);
+        logging::init();
+        return users::worker::main();
+    }
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -218,3 +218,55 @@ fn a_full_manifest_directory_changes_nothing() {
     drop(init);
     sb.assert_host_untouched();
 }
+
+/// A long user operation (a 600-user manifest restored on SIGHUP) runs in PID 1's helper
+/// process: meanwhile PID 1 answers `health --live` promptly, and TERM stops it at once.
+#[test]
+fn a_long_user_operation_does_not_freeze_pid1() {
+    let (sb, _port) = setup("0.0.0.0", "healthy", "");
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log_within("opencode is not started", Duration::from_secs(20));
+    let mut text_m = String::from("version = 1\n");
+    for i in 0..600 {
+        text_m.push_str(&format!(
+            "\n[[users]]\nname = \"user{i}\"\npassword_hash = \"{HASH}\"\n"
+        ));
+    }
+    std::fs::write(sb.manifest(), text_m).unwrap();
+    init.signal(nix::sys::signal::Signal::SIGHUP);
+    init.expect_log_within(
+        "re-reading configuration and users",
+        Duration::from_secs(10),
+    );
+    let started = std::time::Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let t = std::time::Instant::now();
+        let out = sb.exec(&init, &["health", "--live"], None);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "health --live took {:?}",
+            t.elapsed()
+        );
+        answered += 1;
+    }
+    // The restore was still running meanwhile (it creates 600 accounts with homes).
+    let created = sb.etc_file("passwd").matches("\nuser").count();
+    assert!(
+        created < 600,
+        "the restore finished too soon to prove anything ({created})"
+    );
+    assert!(answered >= 2);
+    // TERM is handled now, not after the restore.
+    let t = std::time::Instant::now();
+    init.signal(nix::sys::signal::Signal::SIGTERM);
+    let _ = init.exit_code(Duration::from_secs(30));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    drop(init);
+    sb.assert_host_untouched();
+}

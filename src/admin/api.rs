@@ -278,6 +278,24 @@ pub fn route(req: &Request) -> Result<Route, ApiError> {
     }
 }
 
+/// The `'static` form of an error code that crossed a process boundary.
+pub fn known_code(code: &str) -> &'static str {
+    [
+        "no_such_user",
+        "already_exists",
+        "invalid",
+        "last_user",
+        "auth_failed",
+        "manifest_invalid",
+        "rate_limited",
+        "timeout",
+        "unavailable",
+    ]
+    .into_iter()
+    .find(|c| *c == code)
+    .unwrap_or("internal")
+}
+
 /// Map a users error to an API error.
 pub fn users_error(e: &crate::users::UsersError) -> ApiError {
     use crate::users::UsersError as E;

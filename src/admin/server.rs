@@ -66,13 +66,14 @@ impl UserOp {
         }
     }
 
-    /// Carry it out (in PID 1's loop).
-    pub fn apply(self, users: &Users, exposure: &Exposure) -> Result<Persistence, UsersError> {
+    /// The job for PID 1's user helper process.
+    pub fn into_job(self, exposure: &Exposure) -> crate::users::worker::Job {
+        use crate::users::worker::Job;
         match self {
-            UserOp::Add { name, secret, uid } => users.add(&name, secret, uid),
-            UserOp::Remove { name, force } => users.remove(&name, force, exposure),
-            UserOp::SetPassword { name, secret } => users.set_password(&name, secret),
-            UserOp::SetLocked { name, locked } => users.set_locked(&name, locked),
+            UserOp::Add { name, secret, uid } => Job::add(name, secret, uid),
+            UserOp::Remove { name, force } => Job::remove(name, force, exposure),
+            UserOp::SetPassword { name, secret } => Job::set_password(name, secret),
+            UserOp::SetLocked { name, locked } => Job::SetLocked { name, locked },
         }
     }
 }
@@ -92,7 +93,7 @@ pub enum LoopReply {
     Status(Box<Status>),
     Ready { ready: bool, state: String },
     Restart(Result<(), String>),
-    User(Result<Persistence, UsersError>),
+    User(Result<Persistence, ApiError>),
 }
 
 pub struct Job {
@@ -527,7 +528,7 @@ fn mutate(shared: &Shared, op: UserOp, status: u16) -> Result<Response, ApiError
             status,
             json!({"name": name, "persistence": p, "note": p.note()}),
         )),
-        LoopReply::User(Err(e)) => Err(api::users_error(&e)),
+        LoopReply::User(Err(e)) => Err(e),
         _ => Err(ApiError::new(500, "internal", "unexpected reply")),
     }
 }

@@ -6,10 +6,11 @@ pub mod accounts;
 pub mod apply;
 pub mod plan;
 pub mod store;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::manifest::{self, Manifest, ManifestError, User};
@@ -101,7 +102,7 @@ impl UsersConfig {
 }
 
 /// What a change did to the manifest file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Persistence {
     Saved,
@@ -141,7 +142,7 @@ pub struct UserInfo {
 }
 
 /// What a restore did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RestoreReport {
     pub summary: String,
     pub warnings: Vec<String>,
@@ -160,6 +161,13 @@ pub struct Users {
     overlay: std::sync::Arc<std::sync::Mutex<Option<Overlay>>>,
 }
 
+/// The overlay as the user helper process receives and returns it (the manifest as TOML).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OverlayWire {
+    pub base: Option<String>,
+    pub manifest: String,
+}
+
 /// An unsaved manifest and the file text it was made from: if the file changes (the Secret
 /// was updated), the file wins and the overlay is dropped.
 #[derive(Debug, Clone)]
@@ -175,6 +183,28 @@ impl Users {
             cfg,
             store,
             overlay: Default::default(),
+        }
+    }
+
+    /// The unsaved overlay, for the user helper process.
+    pub fn overlay_wire(&self) -> Option<OverlayWire> {
+        let o = self.overlay.lock().ok()?.clone()?;
+        Some(OverlayWire {
+            base: o.base,
+            manifest: o.manifest.to_toml(),
+        })
+    }
+
+    /// Take the overlay back from the user helper process (an unparsable one is dropped).
+    pub fn set_overlay_wire(&self, wire: Option<OverlayWire>) {
+        let overlay = wire.and_then(|w| {
+            manifest::parse(&w.manifest).ok().map(|m| Overlay {
+                base: w.base,
+                manifest: m,
+            })
+        });
+        if let Ok(mut o) = self.overlay.lock() {
+            *o = overlay;
         }
     }
 
