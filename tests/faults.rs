@@ -270,3 +270,21 @@ fn a_long_user_operation_does_not_freeze_pid1() {
     drop(init);
     sb.assert_host_untouched();
 }
+
+/// Kubernetes service links (`OPENCODE_PORT=tcp://…` for a Service named `opencode`) are
+/// ignored with a warning, never fatal.
+#[test]
+fn kubernetes_service_links_do_not_stop_the_boot() {
+    let (sb, _port) = setup("127.0.0.1", "healthy", "");
+    let mut init = sb.boot(
+        &[],
+        &[
+            ("OPENCODE_PORT", "tcp://10.96.0.12:3000"),
+            ("OCC_PORT", "tcp://10.96.0.13:3000"),
+        ],
+    );
+    init.expect_log_within("Kubernetes service link", Duration::from_secs(20));
+    init.expect_log_within("opencode is ready", Duration::from_secs(30));
+    drop(init);
+    sb.assert_host_untouched();
+}
