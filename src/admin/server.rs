@@ -198,22 +198,7 @@ pub fn start(
     };
     // Only a directory occ-init creates is made 0700: `OCC_ADMIN_SOCKET=/run/admin.sock`
     // must not close /run to everyone. The socket itself is 0600 and checks the peer uid.
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(io_err)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(io_err)?;
-        }
-    }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(AdminError::InUse(path.to_path_buf()));
-        }
-        log::debug!("removing stale admin socket {}", path.display());
-        std::fs::remove_file(path).map_err(io_err)?;
-    }
-    let listener = UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    let listener = bind_socket(path, 0o700, 0o600, None)?;
     let (wake, waker) = crate::init::wake::pair().map_err(io_err)?;
     let (tx, rx) = channel();
     let shared = Arc::new(Shared {
@@ -242,23 +227,7 @@ pub fn start_auth(path: &Path, shared: Arc<Shared>, uid: u32, gid: u32) -> Resul
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(io_err)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
-                .map_err(io_err)?;
-            std::os::unix::fs::chown(dir, Some(0), Some(gid)).map_err(io_err)?;
-        }
-    }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(AdminError::InUse(path.to_path_buf()));
-        }
-        std::fs::remove_file(path).map_err(io_err)?;
-    }
-    let listener = UnixListener::bind(path).map_err(io_err)?;
-    std::os::unix::fs::chown(path, Some(0), Some(gid)).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err)?;
+    let listener = bind_socket(path, 0o750, 0o660, Some(gid))?;
     if let Ok(mut u) = shared.auth_uid.lock() {
         *u = Some(uid);
     }
@@ -267,6 +236,44 @@ pub fn start_auth(path: &Path, shared: Arc<Shared>, uid: u32, gid: u32) -> Resul
         .spawn(move || accept_loop(listener, shared, serve_auth))
         .map_err(io_err)?;
     Ok(())
+}
+
+/// Bind a unix socket at `path`: its directory created (mode `dir_mode`, group `gid`) only
+/// when missing, a live socket there refused, a stale one replaced, the socket given `mode`
+/// and group `gid` (owner root).
+fn bind_socket(
+    path: &Path,
+    dir_mode: u32,
+    mode: u32,
+    gid: Option<u32>,
+) -> Result<UnixListener, AdminError> {
+    let io_err = |source| AdminError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io_err)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))
+                .map_err(io_err)?;
+            if gid.is_some() {
+                std::os::unix::fs::chown(dir, Some(0), gid).map_err(io_err)?;
+            }
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(AdminError::InUse(path.to_path_buf()));
+        }
+        log::debug!("removing stale socket {}", path.display());
+        std::fs::remove_file(path).map_err(io_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err)?;
+    if gid.is_some() {
+        std::os::unix::fs::chown(path, Some(0), gid).map_err(io_err)?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
+    Ok(listener)
 }
 
 /// One of the [`MAX_CONNECTIONS`] connection slots, released on drop.
