@@ -32,6 +32,8 @@ fn boot(name: &str, users: &Path, extra: &[&str]) -> Init {
     let mut cmd = Command::new(SANDBOX);
     cmd.args(["run", "--name", name, "--users"])
         .arg(users)
+        // tests/run built the sandbox's binaries once; no rebuild at every boot.
+        .env("OCC_SANDBOX_PREBUILT", "1")
         .args(["-e", "OCC_LOG=info", "-e", "OCC_STOP_GRACE=5s"])
         .args(extra)
         .stdin(Stdio::null())

@@ -288,3 +288,35 @@ fn kubernetes_service_links_do_not_stop_the_boot() {
     drop(init);
     sb.assert_host_untouched();
 }
+
+/// opencode's working directory is entered as the service user, after privileges are dropped:
+/// a workdir only root may enter (here /root) is refused, never opencode's cwd.
+#[test]
+fn a_workdir_only_root_can_enter_is_refused() {
+    let (sb, _port) = setup("127.0.0.1", "healthy", "workdir = '/root'\n");
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log_within("cannot run", Duration::from_secs(20));
+    let starts = support::sandbox::starts(&sb);
+    assert!(starts.is_empty(), "opencode started in /root: {starts:?}");
+    drop(init);
+    sb.assert_host_untouched();
+}
+
+/// `OCC_ADMIN_SOCKET` in an existing directory: occ-init leaves that directory's mode alone.
+#[test]
+fn an_existing_admin_socket_directory_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let (sb, _port) = setup("127.0.0.1", "healthy", "");
+    let shared = sb.path("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = shared.join("admin.sock").display().to_string();
+    let mut init = sb.boot(&["--admin-socket", &sock], &[]);
+    init.expect_log_within("opencode is ready", Duration::from_secs(20));
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755);
+    let sock_mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(sock_mode, 0o600, "the socket itself is root-only");
+    drop(init);
+    sb.assert_host_untouched();
+}

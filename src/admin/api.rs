@@ -471,6 +471,20 @@ mod tests {
         .unwrap_err();
         assert!(!e.message.contains("hunter2-secret"), "{}", e.message);
         assert!(!format!("{:?}", Secret::Password("hunter2".into())).contains("hunter2"));
+        // A password of the wrong JSON type is not quoted back either.
+        for body in [
+            r#"{"name":"a","password":12345678}"#,
+            r#"{"name":"a","password":["87654321"]}"#,
+            r#"{"name":"a","password":"x"#,
+        ] {
+            let e = route(&req("POST", "/v1/users", body)).unwrap_err();
+            assert!(
+                !e.message.contains("12345678") && !e.message.contains("87654321"),
+                "{}",
+                e.message
+            );
+            assert!(e.message.contains("line 1"), "{}", e.message);
+        }
     }
 }
 
