@@ -35,6 +35,10 @@ struct UserJob {
     restore: bool,
 }
 
+/// Why opencode waits while the boot's restore runs.
+const RESTORING: &str =
+    "occ-init is restoring the container's users; opencode starts as soon as that is done";
+
 /// Name of the pid file beside the admin socket, so `occ-init user …` can notify PID 1.
 pub const PID_FILE: &str = "init.pid";
 
@@ -72,6 +76,10 @@ pub struct Boot {
     user_job: Option<UserJob>,
     /// User changes waiting for the helper (one runs at a time).
     user_queue: VecDeque<(worker::Job, Option<std::sync::mpsc::Sender<LoopReply>>)>,
+    /// The boot's restore has not finished: opencode waits for it.
+    restoring: bool,
+    /// The decision may have changed outside an event handler: tell the supervisor.
+    policy_changed: bool,
     /// Login users present and unlocked in /etc (what PAM accepts), for policy and status.
     pub active_users: Vec<String>,
     prober: Prober,
@@ -282,7 +290,15 @@ impl Boot {
             log::error!("users: {e}");
             None
         });
-        let report = users.restore_at_boot(bootstrap);
+        // The restore runs in the user helper once the loop is up (see `run`): PID 1 handles
+        // TERM and answers its sockets meanwhile, and opencode waits for it.
+        let report = RestoreReport {
+            summary: "users: restore running".into(),
+            ..RestoreReport::default()
+        };
+        let boot_restore = worker::Job::Restore {
+            bootstrap: bootstrap.map(|b| (b.name, b.hash.expose().to_string())),
+        };
         let active_users = active_login_users(&users);
         let admin = match admin::start(&cfg.admin_socket, users.clone(), limiter(&cfg)) {
             Ok(a) => Some(a),
@@ -339,7 +355,9 @@ impl Boot {
             listener: None,
             child_signals: signals::Inherited::default(),
             user_job: None,
-            user_queue: VecDeque::new(),
+            user_queue: VecDeque::from([(boot_restore, None)]),
+            restoring: true,
+            policy_changed: false,
             prober,
         })
     }
@@ -396,7 +414,8 @@ impl Boot {
             Err(e) => log::error!("configuration not reloaded, keeping the old one: {e}"),
         }
         // The restore runs in the helper process; the loop goes on meanwhile.
-        self.user_queue.push_back((worker::Job::Restore, None));
+        self.user_queue
+            .push_back((worker::Job::Restore { bootstrap: None }, None));
         self.start_user_job();
         if let Some((_, shared)) = &self.admin {
             if let Ok(mut u) = shared.users.lock() {
@@ -415,6 +434,11 @@ impl Boot {
 
     /// Users or config changed: recompute the login users and the decision.
     fn reevaluate(&mut self) {
+        if self.restoring {
+            // The boot's restore decides first (`restore_done`).
+            self.publish_gate();
+            return;
+        }
         self.active_users = active_login_users(&self.users);
         let decision = policy::decide(&facts(&self.cfg, &self.active_users));
         if decision != self.decision {
@@ -431,6 +455,7 @@ impl Boot {
         };
         let view = admin::GateView {
             reason: match &self.decision {
+                _ if self.restoring => Some(RESTORING.to_string()),
                 Decision::Gate(why) => Some(why.clone()),
                 _ => None,
             },
@@ -473,6 +498,7 @@ impl Boot {
                 listen: format!("{oc_host}:{oc_port}"),
                 command: self.cfg.command.clone(),
                 gate_reason: match &self.decision {
+                    _ if self.restoring => Some(RESTORING.to_string()),
                     Decision::Gate(why) => Some(why.clone()),
                     _ => None,
                 },
@@ -544,9 +570,13 @@ impl Boot {
         let Some((job, reply)) = self.user_queue.pop_front() else {
             return;
         };
-        let restore = matches!(job, worker::Job::Restore);
+        let restore = matches!(job, worker::Job::Restore { .. });
         // /proc/self/exe: still this binary even if the file was replaced on disk meanwhile.
         let exe = PathBuf::from("/proc/self/exe");
+        let job_bootstrap = match &job {
+            worker::Job::Restore { bootstrap } => bootstrap.clone(),
+            _ => None,
+        };
         let req = worker::request(&self.users, job);
         match worker::Running::start(&exe, &req) {
             Ok(running) => {
@@ -555,6 +585,19 @@ impl Boot {
                     reply,
                     restore,
                 })
+            }
+            Err(e) if restore => {
+                // Never leave opencode waiting for a restore that cannot run elsewhere.
+                log::error!("users: cannot start the user helper ({e}); restoring in PID 1");
+                let bootstrap = match job_bootstrap {
+                    Some((name, hash)) => Some(Bootstrap {
+                        name,
+                        hash: crate::secret::SecretString::new(hash),
+                    }),
+                    None => None,
+                };
+                self.report = self.users.restore_at_boot(bootstrap);
+                self.restore_done();
             }
             Err(e) => {
                 log::error!("users: cannot start the user helper: {e}");
@@ -567,6 +610,16 @@ impl Boot {
                 }
             }
         }
+    }
+
+    /// The boot's restore is over: decide, say so, let the supervisor act.
+    fn restore_done(&mut self) {
+        self.restoring = false;
+        self.active_users = active_login_users(&self.users);
+        self.decision = policy::decide(&facts(&self.cfg, &self.active_users));
+        self.announce();
+        self.publish_gate();
+        self.policy_changed = true;
     }
 
     /// Collect the helper's answer when it is there (or kill an overdue helper); then answer
@@ -588,6 +641,9 @@ impl Boot {
             if let Some(report) = answer.report.clone() {
                 self.report = report;
             }
+            if self.restoring {
+                self.restore_done();
+            }
         }
         let result = answer.result();
         if let Err(e) = &result {
@@ -598,8 +654,10 @@ impl Boot {
         if let Some(tx) = job.reply {
             let _ = tx.send(LoopReply::User(result));
         }
-        self.reevaluate();
-        events.push((0, Event::Policy(self.decision.allows_launch())));
+        if !self.restoring {
+            self.reevaluate();
+            events.push((0, Event::Policy(self.decision.allows_launch())));
+        }
         self.start_user_job();
     }
 
@@ -804,15 +862,12 @@ impl Boot {
     /// The loop.
     pub fn run(&mut self, reader: &mut SignalReader) -> i32 {
         write_pid_file(&self.cfg);
-        self.announce();
+        // The boot's restore first (in the helper); opencode's first Policy event follows it.
+        self.start_user_job();
         self.publish_gate();
-        let allowed = self.decision.allows_launch();
         // The proxy runs whatever the policy says: while gated it shows how to add a user.
         for i in 1..self.services.len() {
             self.handle(i, Event::Policy(true), Instant::now());
-        }
-        if let Some(code) = self.handle(0, Event::Policy(allowed), Instant::now()) {
-            return self.finish(reader, None, code);
         }
         loop {
             {
@@ -852,7 +907,9 @@ impl Boot {
                     Ok(Some(libc::SIGHUP)) => {
                         log::info!("received SIGHUP: re-reading configuration and users");
                         self.reload();
-                        events.push((0, Event::Policy(self.decision.allows_launch())));
+                        if !self.restoring {
+                            events.push((0, Event::Policy(self.decision.allows_launch())));
+                        }
                     }
                     Ok(Some(libc::SIGCHLD)) => {}
                     Ok(Some(sig)) => {
@@ -881,6 +938,9 @@ impl Boot {
             }
             self.serve_jobs(now, &mut events);
             self.poll_user_job(&mut events);
+            if std::mem::take(&mut self.policy_changed) {
+                events.push((0, Event::Policy(self.decision.allows_launch())));
+            }
             for i in 0..self.services.len() {
                 events.push((i, Event::Tick));
             }

@@ -320,3 +320,51 @@ fn an_existing_admin_socket_directory_keeps_its_mode() {
     drop(init);
     sb.assert_host_untouched();
 }
+
+/// The boot's own restore of a large manifest runs in the helper too: PID 1 answers and stops
+/// at once meanwhile, and opencode waits for the restore (status says why).
+#[test]
+fn a_long_boot_restore_does_not_freeze_pid1() {
+    let (sb, _port) = setup("0.0.0.0", "healthy", "");
+    let mut text_m = String::from("version = 1\n");
+    for i in 0..600 {
+        text_m.push_str(&format!(
+            "\n[[users]]\nname = \"user{i}\"\npassword_hash = \"{HASH}\"\n"
+        ));
+    }
+    std::fs::write(sb.manifest(), text_m).unwrap();
+    let mut init = sb.boot(&[], &[]);
+    let sock = sb.path("run/admin.sock");
+    assert!(support::eventually(Duration::from_secs(10), || sock.exists()));
+    let t = std::time::Instant::now();
+    let out = sb.exec(&init, &["status", "--json"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "status took {:?}",
+        t.elapsed()
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["opencode"]["state"], "gated", "{st}");
+    assert!(
+        st["opencode"]["gate_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("restoring"),
+        "{st}"
+    );
+    let t = std::time::Instant::now();
+    init.signal(nix::sys::signal::Signal::SIGTERM);
+    let _ = init.exit_code(Duration::from_secs(30));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        sb.etc_file("passwd").matches("\nuser").count() < 600,
+        "the restore finished too soon to prove anything"
+    );
+    drop(init);
+    sb.assert_host_untouched();
+}

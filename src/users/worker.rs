@@ -49,8 +49,11 @@ pub enum Job {
         name: String,
         locked: bool,
     },
-    /// What the boot does: legacy import, then /etc made to match the manifest.
-    Restore,
+    /// What the boot does: legacy import, the bootstrap user (name, hash) when given, then
+    /// /etc made to match the manifest.
+    Restore {
+        bootstrap: Option<(String, String)>,
+    },
 }
 
 impl std::fmt::Debug for Job {
@@ -60,7 +63,7 @@ impl std::fmt::Debug for Job {
             Job::Remove { .. } => "Remove",
             Job::SetPassword { .. } => "SetPassword",
             Job::SetLocked { .. } => "SetLocked",
-            Job::Restore => "Restore",
+            Job::Restore { .. } => "Restore",
         })
     }
 }
@@ -208,8 +211,12 @@ pub fn execute(req: Request) -> Answer {
             hash,
         } => join(password, hash).and_then(|s| users.set_password(&name, s)),
         Job::SetLocked { name, locked } => users.set_locked(&name, locked),
-        Job::Restore => {
-            answer.report = Some(users.restore_at_boot(None));
+        Job::Restore { bootstrap } => {
+            let bootstrap = bootstrap.map(|(name, hash)| super::Bootstrap {
+                name,
+                hash: SecretString::new(hash),
+            });
+            answer.report = Some(users.restore_at_boot(bootstrap));
             Ok(Persistence::Saved)
         }
     };
