@@ -589,13 +589,10 @@ impl Boot {
             Err(e) if restore => {
                 // Never leave opencode waiting for a restore that cannot run elsewhere.
                 log::error!("users: cannot start the user helper ({e}); restoring in PID 1");
-                let bootstrap = match job_bootstrap {
-                    Some((name, hash)) => Some(Bootstrap {
-                        name,
-                        hash: crate::secret::SecretString::new(hash),
-                    }),
-                    None => None,
-                };
+                let bootstrap = job_bootstrap.map(|(name, hash)| Bootstrap {
+                    name,
+                    hash: crate::secret::SecretString::new(hash),
+                });
                 self.report = self.users.restore_at_boot(bootstrap);
                 self.restore_done();
             }
