@@ -98,6 +98,17 @@ fn useradd_missing_from_path_keeps_pid1_up_and_says_so() {
     sb.assert_host_untouched();
 }
 
+/// A manifest of `n` users (user0, user1, …), all with [`HASH`].
+fn many_users(n: usize) -> String {
+    let mut text = String::from("version = 1\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "\n[[users]]\nname = \"user{i}\"\npassword_hash = \"{HASH}\"\n"
+        ));
+    }
+    text
+}
+
 const HASH: &str = "$y$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o.9agCG9G317fhZg9SqC.5i5rd.RhAtQ7";
 
 /// `user sync` does what the boot does (legacy records included) and tells PID 1; `user
@@ -226,13 +237,7 @@ fn a_long_user_operation_does_not_freeze_pid1() {
     let (sb, _port) = setup("0.0.0.0", "healthy", "");
     let mut init = sb.boot(&[], &[]);
     init.expect_log_within("opencode is not started", Duration::from_secs(20));
-    let mut text_m = String::from("version = 1\n");
-    for i in 0..600 {
-        text_m.push_str(&format!(
-            "\n[[users]]\nname = \"user{i}\"\npassword_hash = \"{HASH}\"\n"
-        ));
-    }
-    std::fs::write(sb.manifest(), text_m).unwrap();
+    std::fs::write(sb.manifest(), many_users(600)).unwrap();
     init.signal(nix::sys::signal::Signal::SIGHUP);
     init.expect_log_within(
         "re-reading configuration and users",
@@ -326,13 +331,7 @@ fn an_existing_admin_socket_directory_keeps_its_mode() {
 #[test]
 fn a_long_boot_restore_does_not_freeze_pid1() {
     let (sb, _port) = setup("0.0.0.0", "healthy", "");
-    let mut text_m = String::from("version = 1\n");
-    for i in 0..600 {
-        text_m.push_str(&format!(
-            "\n[[users]]\nname = \"user{i}\"\npassword_hash = \"{HASH}\"\n"
-        ));
-    }
-    std::fs::write(sb.manifest(), text_m).unwrap();
+    std::fs::write(sb.manifest(), many_users(600)).unwrap();
     let mut init = sb.boot(&[], &[]);
     let sock = sb.path("run/admin.sock");
     assert!(support::eventually(Duration::from_secs(10), || sock.exists()));
