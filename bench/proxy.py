@@ -100,6 +100,54 @@ def first_event(port, headers):
     return (time.perf_counter() - t) * 1000
 
 
+def post_json(port, path, headers, body="{}"):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+              f"{headers}Content-Length: {len(body)}\r\n\r\n{body}".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    m = re.search(rb"content-length:\s*(\d+)", head, re.I)
+    while m and len(rest) < int(m.group(1)):
+        rest += s.recv(65536)
+    s.close()
+    return json.loads(rest)
+
+
+def ws_echo_rtt(port, headers, rounds=20):
+    """Median time from sending `echo TOKEN` into a terminal WebSocket to reading TOKEN back."""
+    pty = post_json(port, "/pty", headers)
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(f"GET /pty/{pty['id']}/connect HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+              "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              f"Sec-WebSocket-Version: 13\r\n{headers}\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    s.settimeout(10)
+
+    def send(text):
+        data = text.encode()
+        mask = b"\x01\x02\x03\x04"
+        s.sendall(bytes([0x81, 0x80 | len(data)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    def read_until(token):
+        seen = b""
+        while token not in seen:
+            seen += s.recv(65536)
+    times = []
+    for i in range(rounds):
+        # The shell echoes what is typed: the command says $((i+1)), only its output has it.
+        t = time.perf_counter()
+        send(f"echo rtt{i}x$(({i}+1))y\n")
+        read_until(f"rtt{i}x{i + 1}y".encode())
+        times.append((time.perf_counter() - t) * 1000)
+    s.close()
+    return sorted(times)[len(times) // 2]
+
+
 def rss_kib(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -168,7 +216,9 @@ events {{ worker_connections 4096; }}
 http {{ access_log off; upstream oc {{ server 127.0.0.1:{direct}; keepalive 64; }}
   server {{ listen 127.0.0.1:{ng_port}; auth_basic "opencode"; auth_basic_user_file {tmp}/htpasswd;
     location / {{ proxy_pass http://oc; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_buffering off; proxy_set_header Authorization ""; }} }} }}
+      proxy_buffering off; proxy_set_header Authorization ""; }}
+    location /pty/ {{ proxy_pass http://oc; proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade"; proxy_set_header Authorization ""; }} }} }}
 """)
         nginx = subprocess.Popen(["nginx", "-c", f"{tmp}/nginx.conf"], stderr=subprocess.DEVNULL)
         time.sleep(0.5)
@@ -181,7 +231,8 @@ http {{ access_log off; upstream oc {{ server 127.0.0.1:{direct}; keepalive 64; 
             one = wrk(prt, 1)
             many = wrk(prt, 64)
             sse = sorted(first_event(prt, hdr) for _ in range(5))[2]
-            rows.append((name, one, many, sse))
+            rtt = ws_echo_rtt(prt, hdr)
+            rows.append((name, one, many, sse, rtt))
         # 1,000 idle keep-alive connections, each after one request.
         errors = 0
         for _ in range(1000):
@@ -209,11 +260,11 @@ http {{ access_log off; upstream oc {{ server 127.0.0.1:{direct}; keepalive 64; 
         p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
     base = rows[0]
-    print("| path | p50 1 client (ms) | p99 1 client (ms) | p50 64 clients (ms) | p99 64 clients (ms) | req/s 64 clients | vs direct | errors | first SSE event (ms) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, one, many, sse in rows:
+    print("| path | p50 1 client (ms) | p99 1 client (ms) | p50 64 clients (ms) | p99 64 clients (ms) | req/s 64 clients | vs direct | errors | first SSE event (ms) | terminal echo p50 (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, one, many, sse, rtt in rows:
         print(f"| {name} | {one[0]:.3f} | {one[1]:.3f} | {many[0]:.2f} | {many[1]:.2f} | {many[2]:.0f} | "
-              f"{many[2] / base[2][2]:.2f}× | {one[3] + many[3]} | {sse:.1f} |")
+              f"{many[2] / base[2][2]:.2f}× | {one[3] + many[3]} | {sse:.1f} | {rtt:.2f} |")
     print()
     print(f"Added p50 (1 client): proxy {rows[1][1][0] - base[1][0]:+.3f} ms, nginx {rows[2][1][0] - base[1][0]:+.3f} ms")
     print(f"occ-proxy RSS: idle {idle_rss / 1024:.1f} MiB; holding 1,000 idle connections "

@@ -633,7 +633,11 @@ impl Boot {
         let Some(job) = self.user_job.take() else {
             return;
         };
-        self.users.set_overlay_wire(answer.overlay.clone());
+        // A helper that answered hands back the unsaved overlay (maybe none); one that died
+        // without an answer leaves PID 1's as it was.
+        if answer.overlay.is_some() || answer.persistence.is_some() || answer.report.is_some() {
+            self.users.set_overlay_wire(answer.overlay.clone());
+        }
         if job.restore {
             if let Some(report) = answer.report.clone() {
                 self.report = report;
