@@ -109,10 +109,25 @@ def post_json(port, path, headers, body="{}"):
         data += s.recv(65536)
     head, _, rest = data.partition(b"\r\n\r\n")
     m = re.search(rb"content-length:\s*(\d+)", head, re.I)
-    while m and len(rest) < int(m.group(1)):
-        rest += s.recv(65536)
+    if m:
+        while len(rest) < int(m.group(1)):
+            rest += s.recv(65536)
+    elif re.search(rb"transfer-encoding:\s*chunked", head, re.I):
+        while not rest.endswith(b"0\r\n\r\n"):
+            rest += s.recv(65536)
+        body, raw = b"", rest
+        while True:
+            size_line, _, raw = raw.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                break
+            body, raw = body + raw[:size], raw[size + 2:]
+        rest = body
     s.close()
-    return json.loads(rest)
+    try:
+        return json.loads(rest)
+    except ValueError:
+        sys.exit(f"POST {path} on port {port}: unexpected answer {head[:200]!r} {rest[:200]!r}")
 
 
 def ws_echo_rtt(port, headers, rounds=20):
@@ -214,11 +229,10 @@ def main():
 worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err;
 events {{ worker_connections 4096; }}
 http {{ access_log off; upstream oc {{ server 127.0.0.1:{direct}; keepalive 64; }}
+  map $http_upgrade $conn {{ default upgrade; '' ''; }}
   server {{ listen 127.0.0.1:{ng_port}; auth_basic "opencode"; auth_basic_user_file {tmp}/htpasswd;
-    location / {{ proxy_pass http://oc; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_buffering off; proxy_set_header Authorization ""; }}
-    location /pty/ {{ proxy_pass http://oc; proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection "upgrade"; proxy_set_header Authorization ""; }} }} }}
+    location / {{ proxy_pass http://oc; proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $conn; proxy_buffering off; proxy_set_header Authorization ""; }} }} }}
 """)
         nginx = subprocess.Popen(["nginx", "-c", f"{tmp}/nginx.conf"], stderr=subprocess.DEVNULL)
         time.sleep(0.5)

@@ -423,8 +423,31 @@ fn a_sigpipe_occ_init_raised_itself_is_not_forwarded() {
         .unwrap();
     let pid = child.id() as i32;
     drop(child.stderr.take());
-    let (tx, rx) = std::sync::mpsc::channel();
     let out = child.stdout.take().unwrap();
+    // Whatever happens below, occ-init and its child are killed (a hung occ-init must not
+    // outlive the test).
+    struct KillTree(std::process::Child);
+    impl Drop for KillTree {
+        fn drop(&mut self) {
+            let pid = self.0.id();
+            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            for kid in kids
+                .split_whitespace()
+                .filter_map(|k| k.parse::<i32>().ok())
+            {
+                // SAFETY: kill with integer arguments.
+                unsafe {
+                    libc::kill(-kid, libc::SIGKILL);
+                    libc::kill(kid, libc::SIGKILL);
+                }
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = KillTree(child);
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -439,8 +462,7 @@ fn a_sigpipe_occ_init_raised_itself_is_not_forwarded() {
     let late: Vec<String> = rx.try_iter().collect();
     std::thread::sleep(Duration::from_millis(300));
     let late: Vec<String> = late.into_iter().chain(rx.try_iter()).collect();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let _ = child.wait();
+    drop(guard);
     assert!(
         !late.iter().any(|l| l.contains("SIGPIPE")),
         "occ-init forwarded its own SIGPIPE: {late:?}"
