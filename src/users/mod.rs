@@ -653,8 +653,12 @@ impl Users {
 
     /// Manifest users and managed accounts, with their state in /etc.
     pub fn list(&self) -> Result<Vec<UserInfo>, UsersError> {
-        let accounts = self.accounts()?;
-        let m = self.load(&accounts)?;
+        self.list_with(&self.accounts()?)
+    }
+
+    /// [`Users::list`] over accounts already read from /etc.
+    fn list_with(&self, accounts: &Accounts) -> Result<Vec<UserInfo>, UsersError> {
+        let m = self.load(accounts)?;
         let mut rows: Vec<UserInfo> = m
             .users
             .iter()
@@ -733,14 +737,14 @@ impl Users {
     /// the account changes, so holders of a session can tell that it must end.
     pub fn login_fingerprint(&self, name: &str) -> Result<Option<u64>, UsersError> {
         use std::hash::{Hash, Hasher};
+        let accounts = self.accounts()?;
         let active = self
-            .list()?
+            .list_with(&accounts)?
             .into_iter()
             .any(|r| r.name == name && r.in_etc && !r.locked);
         if !active {
             return Ok(None);
         }
-        let accounts = self.accounts()?;
         let Some(acct) = accounts.get(name) else {
             return Ok(None);
         };
