@@ -186,13 +186,7 @@ fn pick_internal_port(cfg: &Config) -> u16 {
 
 /// The public listening socket for the proxy (PID 1 binds it as root, so low ports work).
 fn bind_public(cfg: &Config) -> std::io::Result<std::net::TcpListener> {
-    let h = cfg.host.trim_matches(['[', ']']);
-    let addr = if h.contains(':') {
-        format!("[{h}]:{}", cfg.port)
-    } else {
-        format!("{h}:{}", cfg.port)
-    };
-    std::net::TcpListener::bind(addr)
+    std::net::TcpListener::bind(oc::socket_addr(&cfg.host, cfg.port))
 }
 
 /// The proxy's user: looked up, or created as a system account (no home, no shell) when
@@ -202,29 +196,8 @@ fn ensure_proxy_user(name: &str) -> Result<oc::ServiceUser, String> {
         return Ok(u);
     }
     log::info!("creating the proxy's system user {name} (no home, no login shell)");
-    let nologin = ["/usr/sbin/nologin", "/sbin/nologin", "/bin/false"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("/bin/false");
-    let out = std::process::Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            nologin,
-            "--user-group",
-            name,
-        ])
-        .output()
-        .map_err(|e| format!("cannot run useradd to create the proxy's user {name}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "useradd could not create the proxy's user {name}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
+    crate::users::apply::useradd_system(name)
+        .map_err(|e| format!("cannot create the proxy's user {name}: {e}"))?;
     oc::lookup(name)
 }
 
@@ -432,8 +405,13 @@ impl Boot {
         self.reevaluate();
     }
 
-    /// Users or config changed: recompute the login users and the decision.
+    /// Users or config changed: recompute the login users and the decision (logged when it
+    /// changed, or always with `announce`).
     fn reevaluate(&mut self) {
+        self.decide(false);
+    }
+
+    fn decide(&mut self, announce: bool) {
         if self.restoring {
             // The boot's restore decides first (`restore_done`).
             self.publish_gate();
@@ -441,11 +419,20 @@ impl Boot {
         }
         self.active_users = active_login_users(&self.users);
         let decision = policy::decide(&facts(&self.cfg, &self.active_users));
-        if decision != self.decision {
+        if announce || decision != self.decision {
             self.decision = decision;
             self.announce();
         }
         self.publish_gate();
+    }
+
+    /// Why opencode is held back now, if it is.
+    fn gate_reason(&self) -> Option<String> {
+        match &self.decision {
+            _ if self.restoring => Some(RESTORING.to_string()),
+            Decision::Gate(why) => Some(why.clone()),
+            _ => None,
+        }
     }
 
     /// Tell the proxy (through the auth socket's shared state) whether opencode is gated.
@@ -454,18 +441,12 @@ impl Boot {
             return;
         };
         let view = admin::GateView {
-            reason: match &self.decision {
-                _ if self.restoring => Some(RESTORING.to_string()),
-                Decision::Gate(why) => Some(why.clone()),
-                _ => None,
-            },
+            reason: self.gate_reason(),
             ready: self.opencode().is_ready(),
             users: self.active_users.len(),
         };
         if let Ok(mut g) = shared.gate.lock() {
-            if *g != view {
-                *g = view;
-            }
+            *g = view;
         }
     }
 
@@ -497,11 +478,7 @@ impl Boot {
                 last_exit_seconds_ago: sv.last_exit.map(|e| now.duration_since(e.at).as_secs()),
                 listen: format!("{oc_host}:{oc_port}"),
                 command: self.cfg.command.clone(),
-                gate_reason: match &self.decision {
-                    _ if self.restoring => Some(RESTORING.to_string()),
-                    Decision::Gate(why) => Some(why.clone()),
-                    _ => None,
-                },
+                gate_reason: self.gate_reason(),
             },
             security: Security {
                 binding: self.cfg.exposure_address().to_string(),
@@ -612,10 +589,7 @@ impl Boot {
     /// The boot's restore is over: decide, say so, let the supervisor act.
     fn restore_done(&mut self) {
         self.restoring = false;
-        self.active_users = active_login_users(&self.users);
-        self.decision = policy::decide(&facts(&self.cfg, &self.active_users));
-        self.announce();
-        self.publish_gate();
+        self.decide(true);
         self.policy_changed = true;
     }
 
@@ -824,7 +798,6 @@ impl Boot {
                 } => log::info!("{message}"),
             }
         }
-        self.publish_gate();
         None
     }
 
@@ -886,10 +859,7 @@ impl Boot {
                     .user_job
                     .as_ref()
                     .map(|j| j.running.started + worker::HELPER_TIMEOUT);
-                let deadline = match (self.deadline(), helper_deadline) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                let deadline = self.deadline().into_iter().chain(helper_deadline).min();
                 init::wait_any(&mut fds, deadline);
             }
             let now = Instant::now();
@@ -950,6 +920,8 @@ impl Boot {
                     return self.finish(reader, None, code);
                 }
             }
+            // Readiness may have changed: what the proxy shows follows, once per wake-up.
+            self.publish_gate();
         }
     }
 }

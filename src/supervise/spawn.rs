@@ -125,15 +125,20 @@ pub fn workdir(cfg: &Config, user: &ServiceUser) -> PathBuf {
     }
 }
 
-/// Is something already listening on host:port? (Binding as root to find out.)
-pub fn port_in_use(host: &str, port: u16) -> bool {
+/// `host:port` as a socket address string (IPv6 hosts bracketed, with or without brackets
+/// given).
+pub fn socket_addr(host: &str, port: u16) -> String {
     let h = host.trim_matches(['[', ']']);
-    let addr = if h.contains(':') {
+    if h.contains(':') {
         format!("[{h}]:{port}")
     } else {
         format!("{h}:{port}")
-    };
-    matches!(TcpListener::bind(&addr), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+    }
+}
+
+/// Is something already listening on host:port? (Binding as root to find out.)
+pub fn port_in_use(host: &str, port: u16) -> bool {
+    matches!(TcpListener::bind(socket_addr(host, port)), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 /// Everything needed to spawn opencode now.

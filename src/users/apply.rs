@@ -83,6 +83,27 @@ pub fn useradd(user: &NewUser) -> Result<(), UsersError> {
     run(cmd, "useradd", None)
 }
 
+/// `useradd --system` for a service account: no home, no login shell, a group of its own.
+pub fn useradd_system(name: &str) -> Result<(), UsersError> {
+    let nologin = ["/usr/sbin/nologin", "/sbin/nologin", "/bin/false"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("/bin/false");
+    let mut cmd = tool("useradd");
+    cmd.args([
+        "--system",
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+        "--shell",
+        nologin,
+        "--user-group",
+        "--",
+        name,
+    ]);
+    run(cmd, "useradd", None)
+}
+
 /// One `chpasswd -e` for a batch of `(name, shadow field)` pairs. The fields were validated
 /// (no `:`, newline or whitespace), so each line is exactly one record.
 pub fn chpasswd_encrypted(batch: &[(String, String)]) -> Result<(), UsersError> {
