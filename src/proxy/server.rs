@@ -256,12 +256,7 @@ impl Proxy {
             }
         }
         let fp = self.auth.fingerprint(user).await?;
-        if let Ok(mut l) = self.logins.lock() {
-            if l.len() > 10_000 {
-                l.clear();
-            }
-            l.insert(user.to_string(), (fp.clone(), now));
-        }
+        self.remember_login(user, fp.clone());
         if let Ok(mut s) = self.sessions.lock() {
             let ended = s.revoke_stale(user, fp.as_deref());
             if ended > 0 {
@@ -269,6 +264,36 @@ impl Proxy {
             }
         }
         Ok(fp)
+    }
+
+    /// Note `user`'s current login fingerprint (`None`: cannot log in) as of now.
+    fn remember_login(&self, user: &str, fingerprint: Option<String>) {
+        if let Ok(mut l) = self.logins.lock() {
+            if l.len() > 10_000 {
+                l.clear();
+            }
+            l.insert(user.to_string(), (fingerprint, Instant::now()));
+        }
+    }
+
+    /// Ask PID 1 to check a password (`via` says how it came, for the log). A valid login's
+    /// fingerprint is remembered; a failure is logged with user and client and answered no
+    /// sooner than [`FAIL_FLOOR`] after the attempt began, whatever the reason.
+    async fn verify(&self, user: &str, password: &str, client: &str, via: &str) -> Verdict {
+        let started = Instant::now();
+        let verdict = self.auth.verify(user, password, client).await;
+        match &verdict {
+            Verdict::Valid { fingerprint } => self.remember_login(user, Some(fingerprint.clone())),
+            Verdict::Denied => {
+                log::warn!("login failed for user {user:?} from {client} ({via})");
+                tokio::time::sleep_until((started + FAIL_FLOOR).into()).await;
+            }
+            Verdict::Limited { .. } => {
+                log::warn!("login refused for user {user:?} from {client}: rate limited")
+            }
+            Verdict::Unavailable => {}
+        }
+        verdict
     }
 
     fn basic_key(&self, user: &str, password: &str) -> (u64, u64) {
@@ -324,8 +349,7 @@ impl Proxy {
                 Err(()) => return Auth::Unavailable,
             }
         }
-        let started = Instant::now();
-        match self.auth.verify(&user, &password, client).await {
+        match self.verify(&user, &password, client, "HTTP Basic").await {
             Verdict::Valid { fingerprint } => {
                 if let Ok(mut b) = self.basic.lock() {
                     if b.len() >= MAX_BASIC_CACHE {
@@ -340,20 +364,10 @@ impl Proxy {
                         },
                     );
                 }
-                if let Ok(mut l) = self.logins.lock() {
-                    l.insert(user.clone(), (Some(fingerprint), Instant::now()));
-                }
                 Auth::User(user)
             }
-            Verdict::Denied => {
-                log::warn!("login failed for user {user:?} from {client} (HTTP Basic)");
-                tokio::time::sleep_until((started + FAIL_FLOOR).into()).await;
-                Auth::Denied
-            }
-            Verdict::Limited { retry_after } => {
-                log::warn!("login refused for user {user:?} from {client}: rate limited");
-                Auth::Limited(retry_after)
-            }
+            Verdict::Denied => Auth::Denied,
+            Verdict::Limited { retry_after } => Auth::Limited(retry_after),
             Verdict::Unavailable => Auth::Unavailable,
         }
     }
@@ -482,10 +496,8 @@ impl Proxy {
                 pages::login("/", Some("Enter a username and a password."), no_users),
             );
         };
-        let started = Instant::now();
         let verdict = self
-            .auth
-            .verify(&form.username, &form.password, client)
+            .verify(&form.username, &form.password, client, "login form")
             .await;
         match verdict {
             Verdict::Valid { fingerprint } => {
@@ -494,9 +506,6 @@ impl Proxy {
                 };
                 if let Ok(mut s) = self.sessions.lock() {
                     s.insert(token.clone(), &form.username, &fingerprint, Instant::now());
-                }
-                if let Ok(mut l) = self.logins.lock() {
-                    l.insert(form.username.clone(), (Some(fingerprint), Instant::now()));
                 }
                 log::info!("{:?} logged in from {client}", form.username);
                 let mut r = redirect(&form.next);
@@ -510,33 +519,20 @@ impl Proxy {
                 }
                 r
             }
-            Verdict::Denied => {
-                log::warn!(
-                    "login failed for user {:?} from {client} (login form)",
-                    form.username
-                );
-                tokio::time::sleep_until((started + FAIL_FLOOR).into()).await;
-                html(
-                    StatusCode::UNAUTHORIZED,
-                    pages::login(&form.next, Some("Invalid username or password."), no_users),
-                )
-            }
-            Verdict::Limited { retry_after } => {
-                log::warn!(
-                    "login refused for user {:?} from {client}: rate limited",
-                    form.username
-                );
-                too_many(
-                    retry_after,
-                    Some(pages::login(
-                        &form.next,
-                        Some(&format!(
-                            "Too many failed attempts. Try again in {retry_after} seconds."
-                        )),
-                        no_users,
+            Verdict::Denied => html(
+                StatusCode::UNAUTHORIZED,
+                pages::login(&form.next, Some("Invalid username or password."), no_users),
+            ),
+            Verdict::Limited { retry_after } => too_many(
+                retry_after,
+                Some(pages::login(
+                    &form.next,
+                    Some(&format!(
+                        "Too many failed attempts. Try again in {retry_after} seconds."
                     )),
-                )
-            }
+                    no_users,
+                )),
+            ),
             Verdict::Unavailable => unavailable("cannot check the login right now"),
         }
     }
