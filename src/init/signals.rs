@@ -62,6 +62,33 @@ struct KernelSigaction {
     mask: u64,
 }
 
+/// The raw `rt_sigaction` system call (glibc's wrapper refuses signals 32 and 33).
+/// Async-signal-safe: usable between fork and exec.
+///
+/// # Safety
+/// Each pointer is null or points to a valid, live struct.
+unsafe fn rt_sigaction(sig: Sig, act: *const KernelSigaction, old: *mut KernelSigaction) -> bool {
+    libc::syscall(libc::SYS_rt_sigaction, sig, act, old, 8usize) == 0
+}
+
+/// The current handler of `sig` (`SIG_DFL`, `SIG_IGN` or a function address).
+fn disposition(sig: Sig) -> Option<usize> {
+    let mut cur = KernelSigaction {
+        handler: 0,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: no new action; the old one goes into a local struct.
+    unsafe { rt_sigaction(sig, std::ptr::null(), &mut cur) }.then_some(cur.handler)
+}
+
+/// Install `act` for `sig`.
+fn set_disposition(sig: Sig, act: &KernelSigaction) -> bool {
+    // SAFETY: a valid struct borrowed for the call; no old action asked for.
+    unsafe { rt_sigaction(sig, act, std::ptr::null_mut()) }
+}
+
 fn bit(sig: Sig) -> u64 {
     1u64 << (sig - 1)
 }
@@ -91,23 +118,7 @@ impl Inherited {
             {
                 continue;
             }
-            let mut cur = KernelSigaction {
-                handler: 0,
-                flags: 0,
-                restorer: 0,
-                mask: 0,
-            };
-            // SAFETY: rt_sigaction query only (no new action), into a local struct.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    std::ptr::null::<KernelSigaction>(),
-                    &mut cur as *mut KernelSigaction,
-                    8usize,
-                )
-            };
-            if rc == 0 && cur.handler == libc::SIG_IGN {
+            if disposition(sig) == Some(libc::SIG_IGN) {
                 out.ignored |= bit(sig);
             }
         }
@@ -225,17 +236,8 @@ pub fn restore(inherited: &Inherited) -> nix::Result<()> {
             restorer: 0,
             mask: 0,
         };
-        // SAFETY: rt_sigaction with a valid struct and no old-action pointer; SIG_DFL and
-        // SIG_IGN run no handler code. Failures for individual signals are harmless.
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                &act as *const KernelSigaction,
-                std::ptr::null_mut::<KernelSigaction>(),
-                8usize,
-            );
-        }
+        // SIG_DFL and SIG_IGN run no handler code. Failures for single signals are harmless.
+        set_disposition(sig, &act);
     }
     let mask: u64 = inherited.blocked;
     // SAFETY: rt_sigprocmask with a valid 8-byte kernel sigset.

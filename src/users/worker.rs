@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -305,8 +305,7 @@ impl Running {
         // PID 1's loop reaps the helper; the Child handle is never waited on.
         drop(child);
         written?;
-        // SAFETY: we own the descriptor (taken from the Child); it becomes a File.
-        let out = unsafe { File::from_raw_fd(out.into_raw_fd()) };
+        let out = File::from(std::os::fd::OwnedFd::from(out));
         let flags = nix::fcntl::fcntl(&out, nix::fcntl::FcntlArg::F_GETFL)?;
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&out, nix::fcntl::FcntlArg::F_SETFL(flags))?;
