@@ -68,8 +68,14 @@ pub struct Boot {
     pub started_at: Instant,
     /// opencode's port on 127.0.0.1 behind the proxy.
     pub internal_port: u16,
-    /// The public listening socket, held by PID 1 and handed to each proxy it starts.
-    listener: Option<std::net::TcpListener>,
+    /// The public listening sockets (both address families), held by PID 1 and handed to
+    /// each proxy it starts.
+    listeners: Vec<std::net::TcpListener>,
+    /// The private socket on which PID 1 probes the proxy (root only), handed to it too.
+    health: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+    /// The random password of opencode's current start behind the proxy (only in opencode's
+    /// environment and, as the `Authorization` the proxy sends upstream, on the auth socket).
+    upstream_secret: Option<std::sync::Arc<SecretString>>,
     /// The signal state occ-init inherited, which its children get.
     pub child_signals: signals::Inherited,
     /// The user helper process running now, and whom to answer when it is done.
@@ -184,9 +190,29 @@ fn pick_internal_port(cfg: &Config) -> u16 {
     }
 }
 
-/// The public listening socket for the proxy (PID 1 binds it as root, so low ports work).
-fn bind_public(cfg: &Config) -> std::io::Result<std::net::TcpListener> {
-    std::net::TcpListener::bind(oc::socket_addr(&cfg.host, cfg.port))
+/// The public listening sockets for the proxy (PID 1 binds them as root, so low ports
+/// work), holding both address families (see [`crate::listen`]).
+fn bind_public(cfg: &Config) -> std::io::Result<Vec<std::net::TcpListener>> {
+    crate::listen::bind(&cfg.host, cfg.port)
+}
+
+/// The private socket on which PID 1 probes the proxy: beside the admin socket (root only).
+fn health_socket_path(cfg: &Config) -> PathBuf {
+    cfg.admin_socket
+        .parent()
+        .unwrap_or(Path::new("/run/occ"))
+        .join("proxy-health.sock")
+}
+
+/// A fresh random password for one start of opencode behind the proxy.
+fn new_upstream_secret() -> Option<std::sync::Arc<SecretString>> {
+    match crate::proxy::session::new_token() {
+        Ok(t) => Some(std::sync::Arc::new(SecretString::new(t))),
+        Err(e) => {
+            log::error!("cannot make a password for opencode: {e}");
+            None
+        }
+    }
 }
 
 /// The proxy's user: looked up, or created as a system account (no home, no shell) when
@@ -273,7 +299,9 @@ impl Boot {
             bootstrap: bootstrap.map(|b| (b.name, b.hash.expose().to_string())),
         };
         let active_users = active_login_users(&users);
-        let admin = match admin::start(&cfg.admin_socket, users.clone(), limiter(&cfg)) {
+        let sessions =
+            crate::proxy::session::Sessions::new(cfg.session_idle_timeout, cfg.session_max_age);
+        let admin = match admin::start(&cfg.admin_socket, users.clone(), limiter(&cfg), sessions) {
             Ok(a) => Some(a),
             Err(e @ admin::AdminError::InUse(_)) => return Err(e.to_string()),
             Err(e) => {
@@ -287,6 +315,7 @@ impl Boot {
             sv: Supervisor::named("opencode", Settings::from(&cfg)),
         }];
         let mut internal_port = cfg.port;
+        let mut health = None;
         if cfg.auth == AuthMode::Proxy {
             internal_port = pick_internal_port(&cfg);
             // Without its user or its auth socket the proxy cannot let anyone in; it still
@@ -307,6 +336,13 @@ impl Boot {
                 },
                 Err(e) => log::error!("{e}"),
             }
+            if let Some((_, shared)) = &admin {
+                let path = health_socket_path(&cfg);
+                match admin::bind_private(&path, shared) {
+                    Ok(l) => health = Some((l, path)),
+                    Err(e) => log::error!("{e}: the proxy cannot be probed privately"),
+                }
+            }
             services.push(Service {
                 kind: ServiceKind::Proxy,
                 sv: Supervisor::named("proxy", proxy_settings(&cfg)),
@@ -325,7 +361,9 @@ impl Boot {
             services,
             started_at: Instant::now(),
             internal_port,
-            listener: None,
+            listeners: Vec::new(),
+            health,
+            upstream_secret: None,
             child_signals: signals::Inherited::default(),
             user_job: None,
             user_queue: VecDeque::from([(boot_restore, None)]),
@@ -444,6 +482,12 @@ impl Boot {
             reason: self.gate_reason(),
             ready: self.opencode().is_ready(),
             users: self.active_users.len(),
+            upstream_authorization: self.upstream_secret.as_ref().map(|s| {
+                std::sync::Arc::new(SecretString::new(format!(
+                    "Basic {}",
+                    crate::supervise::probe::base64(format!("opencode:{}", s.expose()).as_bytes())
+                )))
+            }),
         };
         if let Ok(mut g) = shared.gate.lock() {
             *g = view;
@@ -483,7 +527,9 @@ impl Boot {
             security: Security {
                 binding: self.cfg.exposure_address().to_string(),
                 network_exposed: self.cfg.exposed(),
-                auth_users: self.active_users.clone(),
+                // Read now: an account whose password field was emptied or locked behind
+                // occ-init's back is not a login user, whatever the last decision saw.
+                auth_users: active_login_users(&self.users),
                 auth_enforced_by: auth_enforced_by(&self.cfg, &self.active_users).to_string(),
                 server_password: server_password(&self.cfg).is_some(),
                 trust_proxy: self.cfg.trust_proxy,
@@ -646,17 +692,21 @@ impl Boot {
                     path: self.cfg.health_path.clone(),
                     timeout: self.cfg.health_timeout,
                     password: match self.cfg.auth {
-                        AuthMode::Proxy => None,
+                        AuthMode::Proxy => self.upstream_secret.clone(),
                         _ => server_password(&self.cfg).map(std::sync::Arc::new),
                     },
+                    unix: None,
                 }
             }
+            // Over the private socket when there is one: a flood on the public port must not
+            // make PID 1 restart a busy proxy.
             ServiceKind::Proxy => Target {
                 host: self.cfg.host.clone(),
                 port: self.cfg.port,
                 path: "/_occ/health".into(),
                 timeout: self.cfg.health_timeout,
                 password: None,
+                unix: self.health.as_ref().map(|(_, p)| p.clone()),
             },
         }
     }
@@ -670,7 +720,7 @@ impl Boot {
     }
 
     /// Start opencode: port check, service user, spawn.
-    fn spawn_opencode(&self) -> Event {
+    fn spawn_opencode(&mut self) -> Event {
         let (host, port) = self.cfg.opencode_listen(self.internal_port);
         if oc::port_in_use(&host, port) {
             log::error!(
@@ -685,10 +735,18 @@ impl Boot {
                 return Event::SpawnFailed(1);
             }
         };
-        // Behind the proxy opencode needs no password of its own: nothing but the proxy
-        // (and processes in this container) can reach 127.0.0.1.
+        // Behind the proxy opencode gets a new random password at every start, so that no
+        // other process in the container (any uid sharing the network namespace) can use
+        // its loopback port; the proxy sends the matching credentials upstream.
         let password = match self.cfg.auth {
-            AuthMode::Proxy => None,
+            AuthMode::Proxy => {
+                self.upstream_secret = new_upstream_secret();
+                self.publish_gate();
+                match &self.upstream_secret {
+                    Some(s) => Some(SecretString::new(s.expose().to_string())),
+                    None => return Event::SpawnFailed(1),
+                }
+            }
             _ => server_password(&self.cfg),
         };
         let mut spec = oc::spec(&self.cfg, &user, password.as_ref(), (&host, port));
@@ -708,11 +766,12 @@ impl Boot {
         }
     }
 
-    /// Start the proxy as its own user, handing it the public listening socket as fd 3.
+    /// Start the proxy as its own user, handing it the public listening sockets as fds 3,
+    /// 4, … and the private health socket after them.
     fn spawn_proxy(&mut self) -> Event {
-        if self.listener.is_none() {
+        if self.listeners.is_empty() {
             match bind_public(&self.cfg) {
-                Ok(l) => self.listener = Some(l),
+                Ok(l) => self.listeners = l,
                 Err(e) => {
                     let why = if e.kind() == std::io::ErrorKind::AddrInUse {
                         "already in use by another process".to_string()
@@ -728,9 +787,6 @@ impl Boot {
                 }
             }
         }
-        let Some(listener) = &self.listener else {
-            return Event::SpawnFailed(1);
-        };
         let user = match oc::lookup(&self.cfg.proxy_user) {
             Ok(u) => u,
             Err(e) => {
@@ -739,8 +795,18 @@ impl Boot {
             }
         };
         use std::os::fd::AsRawFd;
+        let mut pass_fds: Vec<i32> = self.listeners.iter().map(|l| l.as_raw_fd()).collect();
+        let listen_fds = pass_fds.len();
+        if let Some((h, _)) = &self.health {
+            pass_fds.push(h.as_raw_fd());
+        }
         let spec = crate::spawn::SpawnSpec {
-            argv: proxy_argv(&self.cfg, self.internal_port),
+            argv: proxy_argv(
+                &self.cfg,
+                self.internal_port,
+                listen_fds,
+                self.health.is_some(),
+            ),
             env: Some(proxy_env()),
             cwd: Some(PathBuf::from("/")),
             credentials: Some(crate::spawn::Credentials {
@@ -748,7 +814,7 @@ impl Boot {
                 gid: user.credentials.gid,
                 groups: vec![user.credentials.gid],
             }),
-            pass_fds: vec![listener.as_raw_fd()],
+            pass_fds,
             no_new_privs: true,
             signals: self.child_signals,
         };
@@ -939,11 +1005,24 @@ fn proxy_settings(cfg: &Config) -> Settings {
     s
 }
 
-/// The proxy's command line (nothing secret on it).
-pub fn proxy_argv(cfg: &Config, internal_port: u16) -> Vec<std::ffi::OsString> {
+/// The proxy's command line (nothing secret on it): `listen_fds` public sockets from fd 3
+/// on, then the health socket when there is one.
+pub fn proxy_argv(
+    cfg: &Config,
+    internal_port: u16,
+    listen_fds: usize,
+    health: bool,
+) -> Vec<std::ffi::OsString> {
     let mut v: Vec<std::ffi::OsString> = vec![proxy_program(cfg).into()];
+    for fd in 0..listen_fds {
+        v.push("--listen-fd".into());
+        v.push((3 + fd).to_string().into());
+    }
+    if health {
+        v.push("--health-fd".into());
+        v.push((3 + listen_fds).to_string().into());
+    }
     for (k, val) in [
-        ("--listen-fd", "3".to_string()),
         ("--upstream", format!("127.0.0.1:{internal_port}")),
         ("--auth-socket", cfg.auth_socket.display().to_string()),
         ("--public-health", cfg.public_health.to_string()),
@@ -956,9 +1035,18 @@ pub fn proxy_argv(cfg: &Config, internal_port: u16) -> Vec<std::ffi::OsString> {
             "--session-max-age",
             crate::duration::display(cfg.session_max_age),
         ),
+        (
+            "--max-connections-per-client",
+            cfg.max_connections_per_client.to_string(),
+        ),
+        ("--max-connections", cfg.max_connections.to_string()),
     ] {
         v.push(k.into());
         v.push(val.into());
+    }
+    for o in &cfg.trusted_origins {
+        v.push("--trusted-origin".into());
+        v.push(o.into());
     }
     v
 }
@@ -995,11 +1083,9 @@ pub fn start(config_path: Option<PathBuf>, overrides: Overrides, blocked: signal
     boot.child_signals = blocked.inherited;
     init::leave_working_directory();
     let code = boot.run(&mut reader);
-    if boot.admin.is_some() {
-        let _ = std::fs::remove_file(&boot.cfg.admin_socket);
-        if boot.proxy().is_some() {
-            let _ = std::fs::remove_file(&boot.cfg.auth_socket);
-        }
+    // Only sockets bound here, and only if they are still ours.
+    if let Some((_, shared)) = &boot.admin {
+        shared.unlink_own();
     }
     if let Some(pid_file) = pid_file(&boot.cfg) {
         let _ = std::fs::remove_file(pid_file);

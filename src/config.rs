@@ -117,6 +117,15 @@ pub struct Config {
     pub session_max_age: Duration,
     /// opencode sits behind a trusted reverse proxy (shown in status).
     pub trust_proxy: bool,
+    /// Origins besides the proxy's own whose pages may send state-changing requests and
+    /// open terminals with a user's session (`https://ide.example.com`).
+    pub trusted_origins: Vec<String>,
+    /// Connections one client address (an IPv6 /64) may hold at the proxy at once, plain
+    /// and upgraded alike; more get 503. Not applied with `trust_proxy` (all connections
+    /// then come from the proxy in front).
+    pub max_connections_per_client: u32,
+    /// Connections the proxy serves at once in all; more get 503.
+    pub max_connections: u32,
     pub rate_limit_attempts: u32,
     pub rate_limit_window_seconds: u64,
     pub restart: RestartPolicy,
@@ -177,6 +186,9 @@ impl Default for Config {
             session_idle_timeout: Duration::from_secs(12 * 3600),
             session_max_age: Duration::from_secs(7 * 24 * 3600),
             trust_proxy: false,
+            trusted_origins: Vec::new(),
+            max_connections_per_client: 256,
+            max_connections: 4096,
             rate_limit_attempts: 5,
             rate_limit_window_seconds: 60,
             restart: RestartPolicy::Always,
@@ -241,6 +253,9 @@ const KEYS: &[&str] = &[
     "session_idle_timeout",
     "session_max_age",
     "trust_proxy",
+    "trusted_origins",
+    "max_connections_per_client",
+    "max_connections",
     "rate_limit_attempts",
     "rate_limit_window_seconds",
     "restart",
@@ -410,6 +425,20 @@ impl Config {
                 "session_idle_timeout and session_max_age must be above zero".into(),
             );
         }
+        for o in &self.trusted_origins {
+            if crate::proxy::origin::normalize(o).is_none() {
+                return bad(
+                    "trusted_origins",
+                    format!("'{o}' is not an origin (scheme://host[:port], no path)"),
+                );
+            }
+        }
+        if self.max_connections_per_client == 0 || self.max_connections == 0 {
+            return bad(
+                "max_connections_per_client",
+                "max_connections and max_connections_per_client must be at least 1".into(),
+            );
+        }
         if !self.health_path.starts_with('/') {
             return bad("health_path", "must start with /".into());
         }
@@ -525,6 +554,8 @@ fn env_value(name: &str, key: &str, raw: &str) -> Result<toml::Value, ConfigErro
         | "rate_limit_attempts"
         | "rate_limit_window_seconds"
         | "crash_loop_exits"
+        | "max_connections_per_client"
+        | "max_connections"
         | "health_failures" => toml::Value::Integer(
             raw.trim()
                 .parse::<i64>()
@@ -537,8 +568,8 @@ fn env_value(name: &str, key: &str, raw: &str) -> Result<toml::Value, ConfigErro
                 _ => return Err(err(format!("'{raw}' is not true/false"))),
             })
         }
-        "command" | "pass_env" => toml::Value::Array(
-            raw.split(if key == "pass_env" { ',' } else { ' ' })
+        "command" | "pass_env" | "trusted_origins" => toml::Value::Array(
+            raw.split(if key == "command" { ' ' } else { ',' })
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(|s| toml::Value::String(s.to_string()))

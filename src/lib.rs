@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod init;
+pub mod listen;
 pub mod logging;
 pub mod manifest;
 pub mod policy;

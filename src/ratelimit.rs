@@ -6,6 +6,11 @@
 //! as a failure unless [`RateLimiter::succeeded`] clears it, so a burst of concurrent attempts
 //! can reach PAM at most `attempts` times. An escalated delay is absolute: failures leaving the
 //! window do not shorten it, and the escalation only resets after a whole quiet window.
+//!
+//! Known clients: a client address where a user logged in successfully is remembered for
+//! [`KNOWN_FOR`]. From there her attempts are keyed `user:NAME@ADDR` instead of `user:NAME`,
+//! so strangers' failures charged to `user:NAME` from other addresses cannot lock her out
+//! ([`RateLimiter::keys`]). Unknown addresses stay under the per-user limit.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -20,6 +25,11 @@ pub const DELAYS: [Duration; 4] = [
 
 /// Most keys remembered; beyond, keys with nothing to remember are dropped first.
 const MAX_KEYS: usize = 10_000;
+
+/// How long a successful login keeps its client address known for that user.
+pub const KNOWN_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most (user, address) pairs remembered; the oldest goes first beyond.
+const MAX_KNOWN: usize = 10_000;
 
 #[derive(Debug, Default, Clone)]
 struct Entry {
@@ -60,6 +70,8 @@ pub struct RateLimiter {
     attempts: usize,
     window: Duration,
     entries: HashMap<String, Entry>,
+    /// (user, client address) → last successful login there.
+    known: HashMap<(String, String), Instant>,
 }
 
 impl RateLimiter {
@@ -68,7 +80,44 @@ impl RateLimiter {
             attempts: attempts.max(1) as usize,
             window,
             entries: HashMap::new(),
+            known: HashMap::new(),
         }
+    }
+
+    /// The keys a login attempt of `user` from `client` is limited on: the client address
+    /// always; the user name alone from an unknown address, the pair from a known one.
+    pub fn keys(&self, user: &str, client: &str, now: Instant) -> Vec<String> {
+        let known = self
+            .known
+            .get(&(user.to_string(), client.to_string()))
+            .is_some_and(|at| now.saturating_duration_since(*at) < KNOWN_FOR);
+        let user_key = if known {
+            format!("user:{user}@{client}")
+        } else {
+            format!("user:{user}")
+        };
+        vec![user_key, format!("client:{client}")]
+    }
+
+    /// `user` logged in from `client`: the keys start afresh and the address becomes known.
+    pub fn logged_in(&mut self, user: &str, client: &str, keys: &[String], now: Instant) {
+        self.succeeded(keys);
+        if self.known.len() >= MAX_KNOWN {
+            self.known
+                .retain(|_, at| now.saturating_duration_since(*at) < KNOWN_FOR);
+            if self.known.len() >= MAX_KNOWN {
+                if let Some(oldest) = self
+                    .known
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone())
+                {
+                    self.known.remove(&oldest);
+                }
+            }
+        }
+        self.known
+            .insert((user.to_string(), client.to_string()), now);
     }
 
     /// New limits (a reload) keep the history.
@@ -264,6 +313,56 @@ mod tests {
         rl.begin(&k("u"), t).unwrap();
         rl.set_limits(5, secs(60));
         assert_eq!(rl.begin(&k("u"), t), Err(secs(1)));
+    }
+
+    #[test]
+    fn strangers_cannot_lock_out_a_user_where_she_logged_in_before() {
+        let t = Instant::now();
+        let mut rl = RateLimiter::new(5, secs(60));
+        // carol logs in from 10.0.0.5.
+        let home = rl.keys("carol", "10.0.0.5", t);
+        assert_eq!(home[0], "user:carol");
+        rl.begin(&home, t).unwrap();
+        rl.logged_in("carol", "10.0.0.5", &home, t);
+        // Seven strangers from seven addresses guess wrong.
+        for i in 0..7 {
+            let keys = rl.keys("carol", &format!("192.0.2.{i}"), t);
+            if rl.begin(&keys, t).is_ok() {
+                rl.failed(&keys, t);
+            }
+        }
+        // A new address is limited on the user name: locked out.
+        let fresh = rl.keys("carol", "198.51.100.1", t);
+        assert!(rl.begin(&fresh, t).is_err());
+        // Her known address is not.
+        let home = rl.keys("carol", "10.0.0.5", t);
+        assert_eq!(home[0], "user:carol@10.0.0.5");
+        assert_eq!(rl.begin(&home, t), Ok(()));
+        // Guessing from her address is still limited there (the pair and the address).
+        for _ in 0..4 {
+            rl.begin(&home, t).unwrap();
+        }
+        assert!(rl.begin(&home, t).is_err());
+        // Known expires.
+        let later = t + KNOWN_FOR + secs(1);
+        assert_eq!(rl.keys("carol", "10.0.0.5", later)[0], "user:carol");
+    }
+
+    #[test]
+    fn known_addresses_stay_bounded() {
+        let t = Instant::now();
+        let mut rl = RateLimiter::new(5, secs(60));
+        for i in 0..(MAX_KNOWN + 50) {
+            let now = t + Duration::from_millis(i as u64);
+            let keys = rl.keys("u", &format!("c{i}"), now);
+            rl.logged_in("u", &format!("c{i}"), &keys, now);
+        }
+        assert!(rl.known.len() <= MAX_KNOWN);
+        let last = format!("c{}", MAX_KNOWN + 49);
+        assert_eq!(
+            rl.keys("u", &last, t + secs(20))[0],
+            format!("user:u@{last}")
+        );
     }
 
     #[test]

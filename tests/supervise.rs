@@ -36,6 +36,7 @@ fn health(port: u16) -> Result<(), String> {
         path: "/global/health".into(),
         timeout: Duration::from_secs(2),
         password: None,
+        unix: None,
     })
 }
 

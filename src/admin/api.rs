@@ -142,6 +142,32 @@ pub enum AuthRoute {
         password: SecretString,
         client: String,
     },
+    /// The browser sessions kept for the proxy (a restarted proxy takes them back).
+    Sessions,
+    /// Sessions the proxy started, ended or used.
+    SyncSessions(SessionSync),
+}
+
+/// A session as the proxy hands it to PID 1 (times relative to now: both processes read
+/// the same monotonic clock, but an `Instant` does not travel).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionCopy {
+    /// SHA-256 of the cookie's token, never the token.
+    pub id: String,
+    pub user: String,
+    pub fingerprint: String,
+    pub created_ms_ago: u64,
+    pub seen_ms_ago: u64,
+}
+
+/// Body of `POST /v1/auth/sessions`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionSync {
+    pub put: Vec<SessionCopy>,
+    pub remove: Vec<String>,
+    pub touch: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -159,6 +185,8 @@ pub fn route_auth(req: &Request) -> Result<AuthRoute, ApiError> {
     let not_found = || ApiError::new(404, "not_found", format!("no such resource {}", req.path));
     match (m, segs.as_slice()) {
         ("GET", ["v1", "auth", "state"]) => Ok(AuthRoute::State),
+        ("GET", ["v1", "auth", "sessions"]) => Ok(AuthRoute::Sessions),
+        ("POST", ["v1", "auth", "sessions"]) => Ok(AuthRoute::SyncSessions(json_body(req)?)),
         ("GET", ["v1", "auth", "users", name]) => Ok(AuthRoute::User {
             name: name.to_string(),
         }),

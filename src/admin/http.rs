@@ -15,6 +15,7 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// Most headers accepted.
 pub const MAX_HEADERS: usize = 64;
 
+/// One parsed request: method, target split into path and query, headers, body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub method: String,
@@ -27,6 +28,7 @@ pub struct Request {
 }
 
 impl Request {
+    /// The first header called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -59,6 +61,7 @@ pub enum HttpError {
 }
 
 impl HttpError {
+    /// The status code this error is answered with.
     pub fn status(&self) -> u16 {
         match self {
             HttpError::Bad(_) | HttpError::Incomplete => 400,
@@ -68,50 +71,37 @@ impl HttpError {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Parse the head; returns the request without body and the declared body length.
-pub fn parse_head(head: &[u8]) -> Result<(Request, usize), HttpError> {
-    let text = std::str::from_utf8(head)
-        .map_err(|_| HttpError::Bad("request head is not UTF-8".into()))?;
-    let mut lines = text.split("\r\n");
-    let line = lines.next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (method, target, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(m), Some(t), Some(v), None) => (m, t, v),
-        _ => return Err(HttpError::Bad("malformed request line".into())),
+/// Parse the head at the start of `buf` (`httparse`, at most [`MAX_HEADERS`] headers):
+/// `Ok(None)` while it is incomplete, else the request without body and the head's length.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut slots);
+    let end = match head.parse(buf) {
+        Ok(httparse::Status::Complete(end)) => end,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(HttpError::Bad(format!("malformed request head: {e}"))),
     };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+    let (Some(method), Some(target)) = (head.method, head.path) else {
+        return Err(HttpError::Bad("malformed request line".into()));
+    };
+    if !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(HttpError::Bad("malformed method".into()));
     }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(HttpError::Bad("unsupported HTTP version".into()));
-    }
-    if !target.starts_with('/') || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+    if !target.starts_with('/') {
         return Err(HttpError::Bad("malformed request target".into()));
     }
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (target.to_string(), None),
     };
-    let mut headers = Vec::new();
-    for l in lines {
-        if l.is_empty() {
-            continue;
-        }
-        if headers.len() >= MAX_HEADERS {
-            return Err(HttpError::Bad("too many headers".into()));
-        }
-        let (name, value) = l
-            .split_once(':')
-            .ok_or_else(|| HttpError::Bad("malformed header".into()))?;
-        if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == b':' || b >= 0x7f) {
-            return Err(HttpError::Bad("malformed header name".into()));
-        }
-        headers.push((name.to_string(), value.trim().to_string()));
-    }
+    let headers = head
+        .headers
+        .iter()
+        .map(|h| match std::str::from_utf8(h.value) {
+            Ok(v) => Ok((h.name.to_string(), v.trim().to_string())),
+            Err(_) => Err(HttpError::Bad("header value is not UTF-8".into())),
+        })
+        .collect::<Result<_, _>>()?;
     let req = Request {
         method: method.to_string(),
         path,
@@ -119,63 +109,77 @@ pub fn parse_head(head: &[u8]) -> Result<(Request, usize), HttpError> {
         headers,
         body: Vec::new(),
     };
+    Ok(Some((req, end)))
+}
+
+/// The body length a parsed head declares: `Content-Length` only (none means 0).
+fn body_length(req: &Request) -> Result<usize, HttpError> {
     if req.header("Transfer-Encoding").is_some() {
         return Err(HttpError::LengthRequired);
     }
-    let lengths: Vec<&str> = req
+    let mut lengths = req
         .headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case("Content-Length"))
-        .map(|(_, v)| v.as_str())
-        .collect();
-    let len = match lengths.as_slice() {
-        [] => 0,
-        [one] => one
+        .map(|(_, v)| v.as_str());
+    let len = match (lengths.next(), lengths.next()) {
+        (None, _) => 0,
+        (Some(one), None) => one
             .parse::<usize>()
             .map_err(|_| HttpError::Bad("invalid Content-Length".into()))?,
-        _ => return Err(HttpError::Bad("several Content-Length headers".into())),
+        (Some(_), Some(_)) => return Err(HttpError::Bad("several Content-Length headers".into())),
     };
     if len > MAX_REQUEST {
         return Err(HttpError::TooLarge);
     }
-    Ok((req, len))
+    Ok(len)
 }
 
-/// Read one request from a stream (whose timeouts bound how long this may take).
+/// Read one request from a stream (whose timeouts bound how long this may take). The bytes
+/// read for the head (which may hold a password) are wiped before this returns.
 pub fn read_request(stream: &mut impl Read) -> Result<Request, HttpError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i;
+    let mut buf = vec![0u8; MAX_HEAD];
+    let req = read_into(stream, &mut buf);
+    crate::users::apply::wipe(&mut buf);
+    req
+}
+
+/// [`read_request`] with `buf` (of [`MAX_HEAD`] bytes) as the head's buffer; the body gets
+/// its own buffer of exactly its length, wiped when reading it fails.
+fn read_into(stream: &mut impl Read, buf: &mut [u8]) -> Result<Request, HttpError> {
+    let mut filled = 0;
+    let (mut req, head_end) = loop {
+        if let Some(parsed) = parse_head(&buf[..filled])? {
+            break parsed;
         }
-        if buf.len() > MAX_HEAD {
+        if filled == buf.len() {
             return Err(HttpError::TooLarge);
         }
-        match stream.read(&mut chunk) {
-            Ok(0) => {
-                return Err(if buf.is_empty() {
-                    HttpError::Incomplete
-                } else {
-                    HttpError::Bad("incomplete request".into())
-                })
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) if filled == 0 => return Err(HttpError::Incomplete),
+            Ok(0) => return Err(HttpError::Bad("incomplete request".into())),
+            Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return Err(HttpError::Incomplete),
         }
     };
-    let (mut req, len) = parse_head(&buf[..head_end])?;
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < len {
-        match stream.read(&mut chunk) {
-            Ok(0) => return Err(HttpError::Bad("body shorter than Content-Length".into())),
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
+    let len = body_length(&req)?;
+    let mut body = vec![0u8; len];
+    let mut have = (filled - head_end).min(len);
+    body[..have].copy_from_slice(&buf[head_end..head_end + have]);
+    while have < len {
+        let err = match stream.read(&mut body[have..]) {
+            Ok(0) => HttpError::Bad("body shorter than Content-Length".into()),
+            Ok(n) => {
+                have += n;
+                continue;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Err(HttpError::Incomplete),
-        }
+            Err(_) => HttpError::Incomplete,
+        };
+        crate::users::apply::wipe(&mut body);
+        return Err(err);
     }
-    body.truncate(len);
     req.body = body;
     Ok(req)
 }
@@ -189,6 +193,7 @@ pub struct Response {
 }
 
 impl Response {
+    /// A response with a JSON body and no extra headers.
     pub fn json(status: u16, body: impl Into<String>) -> Response {
         Response {
             status,
@@ -213,12 +218,14 @@ impl Response {
         out.into_bytes()
     }
 
+    /// Write the whole response to `stream` and flush it.
     pub fn write_to(&self, stream: &mut impl Write) -> io::Result<()> {
         stream.write_all(&self.to_bytes())?;
         stream.flush()
     }
 }
 
+/// The reason phrase for a status code this server sends.
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -240,18 +247,19 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Client side: split a raw response into status code, head (status line and headers) and
-/// body. Shared by the admin client and the health probe.
+/// Client side: split a raw response (`httparse`) into status code, head (status line and
+/// headers) and body. Shared by the admin client and the health probe.
 pub fn split_response(raw: &[u8]) -> Result<(u16, String, &[u8]), String> {
-    let end = find(raw, b"\r\n\r\n").ok_or("incomplete HTTP response")?;
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or("malformed HTTP status line")?;
-    Ok((status, head, &raw[end + 4..]))
+    let mut slots = [httparse::EMPTY_HEADER; 2 * MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let end = match resp.parse(raw) {
+        Ok(httparse::Status::Complete(end)) => end,
+        Ok(httparse::Status::Partial) => return Err("incomplete HTTP response".into()),
+        Err(e) => return Err(format!("malformed HTTP response: {e}")),
+    };
+    let status = resp.code.ok_or("malformed HTTP status line")?;
+    let head = String::from_utf8_lossy(&raw[..end]).trim_end().to_string();
+    Ok((status, head, &raw[end..]))
 }
 
 /// Client side: parse a response into status and body text.
@@ -323,6 +331,58 @@ mod tests {
         assert_eq!(parse(&huge).unwrap_err().status(), 413);
         let many: String = (0..=MAX_HEADERS).map(|i| format!("H{i}: v\r\n")).collect();
         assert!(parse(format!("GET /x HTTP/1.1\r\n{many}\r\n").as_bytes()).is_err());
+    }
+
+    /// A reader that hands out one byte per call, like a slow client.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            match (self.0.split_first(), out.first_mut()) {
+                (Some((b, rest)), Some(o)) => {
+                    *o = *b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    #[test]
+    fn reads_requests_in_pieces_up_to_the_head_limit() {
+        let raw = b"POST /v1/x?a=1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let r = read_request(&mut Trickle(raw)).unwrap();
+        assert_eq!((r.path.as_str(), r.query_param("a")), ("/v1/x", Some("1")));
+        assert_eq!(r.body, b"hello");
+        let head = |len: usize| {
+            let start = b"GET /x HTTP/1.1\r\nX: ";
+            let mut h = start.to_vec();
+            h.extend(std::iter::repeat_n(b'a', len - start.len() - 4));
+            h.extend_from_slice(b"\r\n\r\n");
+            h
+        };
+        assert_eq!(
+            parse(&head(MAX_HEAD)).unwrap().header("x").map(str::len),
+            Some(MAX_HEAD - 24)
+        );
+        assert_eq!(parse(&head(MAX_HEAD + 1)).unwrap_err(), HttpError::TooLarge);
+        assert_eq!(
+            parse(b"GET /x HTTP/1.1\r\nX: \xff\r\n\r\n")
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+
+    #[test]
+    fn splits_responses() {
+        assert_eq!(
+            split_response(b"HTTP/1.1 204 No Content\r\nA: b\r\n\r\nrest"),
+            Ok((204, "HTTP/1.1 204 No Content\r\nA: b".into(), &b"rest"[..]))
+        );
+        assert!(split_response(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert!(split_response(b"garbage\r\n\r\n").is_err());
     }
 
     #[test]

@@ -19,11 +19,16 @@ use serde_json::json;
 use super::api::{self, ApiError, RateLimiter, Route};
 use super::http::{self, Response};
 use crate::init::wake::{WakeReader, WakeWriter};
+use crate::proxy::session::Sessions;
+use crate::secret::SecretString;
 use crate::status::Status;
 use crate::users::{Exposure, NewSecret, Persistence, Users, UsersError};
 
-/// Concurrent connections served at once; more get 503 at once.
+/// Concurrent admin connections served at once; more get 503 at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Concurrent auth-socket connections (the proxy's), counted apart from the admin socket's
+/// so that a flood at the proxy never takes `occ-init status` down with it.
+pub const MAX_AUTH_CONNECTIONS: usize = 64;
 /// Per-read/per-write timeout on a connection.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Overall time a client has to send its whole request.
@@ -122,7 +127,7 @@ impl AsFd for Mailbox {
 }
 
 /// Whether opencode is gated, as the proxy must show it (kept current by PID 1's loop).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct GateView {
     /// Why opencode is held back; `None` when it may run.
     pub reason: Option<String>,
@@ -130,6 +135,53 @@ pub struct GateView {
     pub ready: bool,
     /// How many users can log in now.
     pub users: usize,
+    /// The `Authorization` value opencode's current start accepts (its per-start random
+    /// password), for the proxy to send upstream.
+    pub upstream_authorization: Option<Arc<SecretString>>,
+}
+
+/// A unix socket this process bound. At exit it is removed only if the path still names
+/// that socket (same device and inode): a second occ-init that found it in use, or a
+/// successor that replaced it, keeps its own.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Bound {
+    fn of(path: &Path) -> io::Result<Bound> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(Bound {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// Remove the socket if it is still the one bound here.
+    pub fn unlink_if_ours(&self) {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            Ok(_) => log::debug!(
+                "{} is another process's socket now; left alone",
+                self.path.display()
+            ),
+            Err(_) => {}
+        }
+    }
+}
+
+/// One listener's connection count and cap.
+struct Counter {
+    active: AtomicUsize,
+    cap: usize,
+    what: &'static str,
 }
 
 /// What connection threads share; PID 1's loop updates it on reload.
@@ -139,9 +191,13 @@ pub struct Shared {
     pub gate: Mutex<GateView>,
     /// The uid that may use the auth socket (the proxy's user).
     pub auth_uid: Mutex<Option<u32>>,
+    /// The proxy's browser sessions, kept here so that a restarted proxy logs nobody out
+    /// (keyed by the hash of the cookie's token; see `proxy::session`).
+    pub sessions: Mutex<Sessions>,
+    /// Sockets bound here, removed at exit if still ours.
+    bound: Mutex<Vec<Bound>>,
     jobs: Mutex<Sender<Job>>,
     waker: WakeWriter,
-    active: AtomicUsize,
 }
 
 impl Shared {
@@ -153,6 +209,20 @@ impl Shared {
             .unwrap_or(false);
         self.waker.wake();
         sent
+    }
+
+    /// Remember a socket bound here (see [`Bound`]).
+    fn bound(&self, b: Bound) {
+        if let Ok(mut v) = self.bound.lock() {
+            v.push(b);
+        }
+    }
+
+    /// Remove the sockets bound here that are still ours (at exit).
+    pub fn unlink_own(&self) {
+        if let Ok(v) = self.bound.lock() {
+            v.iter().for_each(Bound::unlink_if_ours);
+        }
     }
 
     fn ask(&self, request: LoopRequest) -> Result<LoopReply, ApiError> {
@@ -191,6 +261,7 @@ pub fn start(
     path: &Path,
     users: Users,
     limiter: RateLimiter,
+    sessions: Sessions,
 ) -> Result<(Mailbox, Arc<Shared>), AdminError> {
     let io_err = |source| AdminError::Io {
         path: path.to_path_buf(),
@@ -198,7 +269,7 @@ pub fn start(
     };
     // Only a directory occ-init creates is made 0700: `OCC_ADMIN_SOCKET=/run/admin.sock`
     // must not close /run to everyone. The socket itself is 0600 and checks the peer uid.
-    let listener = bind_socket(path, 0o700, 0o600, None)?;
+    let (listener, bound) = bind_socket(path, 0o700, 0o600, None)?;
     let (wake, waker) = crate::init::wake::pair().map_err(io_err)?;
     let (tx, rx) = channel();
     let shared = Arc::new(Shared {
@@ -206,16 +277,30 @@ pub fn start(
         limiter: Mutex::new(limiter),
         gate: Mutex::new(GateView::default()),
         auth_uid: Mutex::new(None),
+        sessions: Mutex::new(sessions),
+        bound: Mutex::new(vec![bound]),
         jobs: Mutex::new(tx),
         waker,
-        active: AtomicUsize::new(0),
     });
     let accept_shared = shared.clone();
+    let counter = Counter {
+        active: AtomicUsize::new(0),
+        cap: MAX_CONNECTIONS,
+        what: "admin",
+    };
     std::thread::Builder::new()
         .name("admin-accept".into())
-        .spawn(move || accept_loop(listener, accept_shared, serve))
+        .spawn(move || accept_loop(listener, accept_shared, serve, counter))
         .map_err(io_err)?;
     Ok((Mailbox { jobs: rx, wake }, shared))
+}
+
+/// A root-only unix socket for a private channel (directory 0700 when created, socket
+/// 0600), e.g. the one on which PID 1 probes the proxy; removed at exit if still ours.
+pub fn bind_private(path: &Path, shared: &Shared) -> Result<UnixListener, AdminError> {
+    let (listener, bound) = bind_socket(path, 0o700, 0o600, None)?;
+    shared.bound(bound);
+    Ok(listener)
 }
 
 /// The auth socket for the proxy: PID 1 verifies passwords (PAM, rate-limited) and answers
@@ -227,13 +312,19 @@ pub fn start_auth(path: &Path, shared: Arc<Shared>, uid: u32, gid: u32) -> Resul
         path: path.to_path_buf(),
         source,
     };
-    let listener = bind_socket(path, 0o750, 0o660, Some(gid))?;
+    let (listener, bound) = bind_socket(path, 0o750, 0o660, Some(gid))?;
+    shared.bound(bound);
     if let Ok(mut u) = shared.auth_uid.lock() {
         *u = Some(uid);
     }
+    let counter = Counter {
+        active: AtomicUsize::new(0),
+        cap: MAX_AUTH_CONNECTIONS,
+        what: "auth",
+    };
     std::thread::Builder::new()
         .name("auth-accept".into())
-        .spawn(move || accept_loop(listener, shared, serve_auth))
+        .spawn(move || accept_loop(listener, shared, serve_auth, counter))
         .map_err(io_err)?;
     Ok(())
 }
@@ -246,7 +337,7 @@ fn bind_socket(
     dir_mode: u32,
     mode: u32,
     gid: Option<u32>,
-) -> Result<UnixListener, AdminError> {
+) -> Result<(UnixListener, Bound), AdminError> {
     let io_err = |source| AdminError::Io {
         path: path.to_path_buf(),
         source,
@@ -273,11 +364,12 @@ fn bind_socket(
         std::os::unix::fs::chown(path, Some(0), gid).map_err(io_err)?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
-    Ok(listener)
+    let bound = Bound::of(path).map_err(io_err)?;
+    Ok((listener, bound))
 }
 
-/// One of the [`MAX_CONNECTIONS`] connection slots, released on drop.
-struct Slot(Arc<Shared>);
+/// One of a listener's connection slots, released on drop.
+struct Slot(Arc<Counter>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -285,7 +377,14 @@ impl Drop for Slot {
     }
 }
 
-fn accept_loop(listener: UnixListener, shared: Arc<Shared>, serve: fn(&mut UnixStream, &Shared)) {
+/// Accept connections and serve each on its own thread, up to the counter's cap.
+fn accept_loop(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    serve: fn(&mut UnixStream, &Shared),
+    counter: Counter,
+) {
+    let counter = Arc::new(counter);
     for stream in listener.incoming() {
         let mut stream = match stream {
             Ok(s) => s,
@@ -298,21 +397,26 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>, serve: fn(&mut UnixS
         };
         let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
         let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-        if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
+        if counter.active.fetch_add(1, Ordering::SeqCst) >= counter.cap {
+            counter.active.fetch_sub(1, Ordering::SeqCst);
             let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-            let _ = ApiError::new(503, "busy", "too many concurrent admin connections")
-                .response()
-                .write_to(&mut stream);
+            let _ = ApiError::new(
+                503,
+                "busy",
+                format!("too many concurrent {} connections", counter.what),
+            )
+            .response()
+            .write_to(&mut stream);
             continue;
         }
         // The slot is given back when the thread ends, even if it panics.
-        let slot = Slot(shared.clone());
+        let slot = Slot(counter.clone());
+        let shared = shared.clone();
         let spawned = std::thread::Builder::new()
-            .name("admin-conn".into())
+            .name(format!("{}-conn", counter.what))
             .stack_size(512 * 1024)
             .spawn(move || {
-                serve(&mut stream, &slot.0);
+                serve(&mut stream, &shared);
                 drop(slot);
             });
         if let Err(e) = spawned {
@@ -397,8 +501,53 @@ fn handle_auth(route: api::AuthRoute, shared: &Shared) -> Response {
             Ok(ok(
                 200,
                 json!({"gated": gate.reason.is_some(), "reason": gate.reason, "ready": gate.ready,
-                       "users": gate.users}),
+                       "users": gate.users,
+                       "upstream_authorization": gate.upstream_authorization.as_ref().map(|a| a.expose())}),
             ))
+        }
+        api::AuthRoute::Sessions => {
+            let now = Instant::now();
+            let mut store = shared
+                .sessions
+                .lock()
+                .map_err(|_| ApiError::new(500, "internal", "sessions unavailable"))?;
+            store.expire(now);
+            let list: Vec<serde_json::Value> = store
+                .iter()
+                .map(|(id, s)| {
+                    json!({"id": id, "user": s.user, "fingerprint": s.fingerprint,
+                       "created_ms_ago": now.saturating_duration_since(s.created).as_millis() as u64,
+                       "seen_ms_ago": now.saturating_duration_since(s.last_seen).as_millis() as u64})
+                })
+                .collect();
+            Ok(ok(200, json!({ "sessions": list })))
+        }
+        api::AuthRoute::SyncSessions(sync) => {
+            let now = Instant::now();
+            let mut store = shared
+                .sessions
+                .lock()
+                .map_err(|_| ApiError::new(500, "internal", "sessions unavailable"))?;
+            for p in sync.put {
+                let ago = |ms: u64| now.checked_sub(Duration::from_millis(ms)).unwrap_or(now);
+                store.restore(
+                    p.id,
+                    crate::proxy::session::Session {
+                        user: p.user,
+                        fingerprint: p.fingerprint,
+                        created: ago(p.created_ms_ago),
+                        last_seen: ago(p.seen_ms_ago),
+                    },
+                    now,
+                );
+            }
+            for id in &sync.remove {
+                store.remove(id);
+            }
+            for id in &sync.touch {
+                store.touch(id, now);
+            }
+            Ok(ok(200, json!({"ok": true, "sessions": store.len()})))
         }
         api::AuthRoute::User { name } => {
             match users_of(shared)?
@@ -416,28 +565,41 @@ fn handle_auth(route: api::AuthRoute, shared: &Shared) -> Response {
             name,
             password,
             client,
-        } => {
-            let keys = vec![format!("user:{name}"), format!("client:{client}")];
-            verify_login(shared, &keys, &name, password)
-        }
+        } => verify_login(shared, Limit::Client(&client), &name, password),
     })();
     result.unwrap_or_else(|e| e.response())
 }
 
-/// Reserve an attempt with the rate limiter (429 with Retry-After when one of `keys` must
+/// Whose attempts a password check is charged to.
+enum Limit<'a> {
+    /// A network client of the proxy (its address): limited per address and per user, or
+    /// per user *at* that address once she logged in there (see `ratelimit`).
+    Client(&'a str),
+    /// A local caller of the admin socket (its uid).
+    Uid(u32),
+}
+
+/// Reserve an attempt with the rate limiter (429 with Retry-After when one of the keys must
 /// wait), check the password of a login user through PAM, and clear the reservation on
-/// success. Unknown names, locked users and wrong passwords give the same answer.
+/// success. Unknown names, locked users, empty and wrong passwords give the same answer.
 fn verify_login(
     shared: &Shared,
-    keys: &[String],
+    limit: Limit<'_>,
     name: &str,
     password: crate::secret::SecretString,
 ) -> Result<Response, ApiError> {
-    let begun = shared
+    let now = Instant::now();
+    let mut limiter = shared
         .limiter
         .lock()
-        .map_err(|_| ApiError::new(500, "internal", "limiter"))?
-        .begin(keys, Instant::now());
+        .map_err(|_| ApiError::new(500, "internal", "limiter"))?;
+    let keys = match limit {
+        Limit::Client(client) => limiter.keys(name, client, now),
+        Limit::Uid(uid) => vec![format!("client:uid:{uid}"), format!("user:{name}")],
+    };
+    let keys = &keys;
+    let begun = limiter.begin(keys, now);
+    drop(limiter);
     if let Err(wait) = begun {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut r = ApiError::new(
@@ -451,6 +613,8 @@ fn verify_login(
     }
     let users = users_of(shared)?;
     let fingerprint = match users.login_fingerprint(name) {
+        // An empty password never reaches PAM (which may take it: `nullok`).
+        Ok(Some(_)) if password.expose().is_empty() => None,
         Ok(Some(fp)) => users.verify(name, &password).ok().map(|()| fp),
         Ok(None) => None,
         Err(e) => {
@@ -462,7 +626,10 @@ fn verify_login(
     match fingerprint {
         Some(fp) => {
             if let Ok(mut rl) = shared.limiter.lock() {
-                rl.succeeded(keys);
+                match limit {
+                    Limit::Client(client) => rl.logged_in(name, client, keys, Instant::now()),
+                    Limit::Uid(_) => rl.succeeded(keys),
+                }
             }
             Ok(ok(200, json!({"ok": true, "fingerprint": fp.to_string()})))
         }
@@ -627,6 +794,10 @@ fn verify(
     let api::Secret::Password(p) = password else {
         return Err(ApiError::new(400, "bad_json", "verify takes a password"));
     };
-    let keys = [format!("client:uid:{uid}"), format!("user:{name}")];
-    verify_login(shared, &keys, name, crate::secret::SecretString::new(p))
+    verify_login(
+        shared,
+        Limit::Uid(uid),
+        name,
+        crate::secret::SecretString::new(p),
+    )
 }

@@ -1,19 +1,29 @@
 //! The proxy's side of PID 1's auth socket: verify a password, look up a user's login
-//! fingerprint, read the gate state. Plain HTTP/1.1 over a unix socket, one request per
-//! connection, every call under a deadline. Any failure to reach PID 1 fails closed.
+//! fingerprint, read the gate state (with the credentials opencode's current start takes),
+//! and keep PID 1's copy of the browser sessions. Plain HTTP/1.1 over a unix socket, one
+//! request per connection, every call under a deadline and a bound on how many run at once
+//! (so a flood at the proxy queues here instead of filling PID 1's connection slots). Any
+//! failure to reach PID 1 fails closed.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio::sync::Semaphore;
 
 /// A password check can take PAM's failure delay (about 2 s) plus hashing.
 pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Lookups are quick.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
-/// Largest answer read from PID 1.
-const MAX_ANSWER: u64 = 64 * 1024;
+/// Largest answer read from PID 1 (the session list can be long).
+const MAX_ANSWER: u64 = 8 * 1024 * 1024;
+/// Password checks in flight at PID 1 at once (each may hold a thread there for PAM's delay).
+pub const VERIFY_CONCURRENCY: usize = 8;
+/// Lookups (gate state, fingerprints, sessions) in flight at once, apart from the checks, so
+/// that logged-in users are not queued behind a flood of wrong passwords.
+pub const LOOKUP_CONCURRENCY: usize = 8;
 
 /// PID 1's answer to a password check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,17 +40,59 @@ pub enum Verdict {
 }
 
 /// Whether opencode is gated, as PID 1 sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct GateState {
     pub reason: Option<String>,
     pub ready: bool,
     /// Users who can log in now (0: the login page says how to add one).
     pub users: usize,
+    /// What to send upstream as `Authorization` (opencode's per-start password).
+    pub upstream_authorization: Option<String>,
+}
+
+impl std::fmt::Debug for GateState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateState")
+            .field("reason", &self.reason)
+            .field("ready", &self.ready)
+            .field("users", &self.users)
+            .field(
+                "upstream_authorization",
+                &self.upstream_authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// A session as PID 1 keeps it (times relative to the call).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionCopy {
+    pub id: String,
+    pub user: String,
+    pub fingerprint: String,
+    pub created_ms_ago: u64,
+    pub seen_ms_ago: u64,
+}
+
+/// Changes to PID 1's copy of the sessions.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SessionSync {
+    pub put: Vec<SessionCopy>,
+    pub remove: Vec<String>,
+    pub touch: Vec<String>,
+}
+
+impl SessionSync {
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.remove.is_empty() && self.touch.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct AuthClient {
     pub socket: PathBuf,
+    verifies: Arc<Semaphore>,
+    lookups: Arc<Semaphore>,
 }
 
 /// A raw answer: status, Retry-After, body.
@@ -67,6 +119,15 @@ fn parse_answer(raw: &[u8]) -> Option<Answer> {
 }
 
 impl AuthClient {
+    pub fn new(socket: PathBuf) -> AuthClient {
+        AuthClient {
+            socket,
+            verifies: Arc::new(Semaphore::new(VERIFY_CONCURRENCY)),
+            lookups: Arc::new(Semaphore::new(LOOKUP_CONCURRENCY)),
+        }
+    }
+
+    /// One request, waiting for a permit of `pool` first; the deadline covers both.
     async fn call(
         &self,
         method: &str,
@@ -74,7 +135,13 @@ impl AuthClient {
         body: &[u8],
         deadline: Duration,
     ) -> Option<Answer> {
+        let pool = if path == "/v1/auth/verify" {
+            &self.verifies
+        } else {
+            &self.lookups
+        };
         let work = async {
+            let _permit = pool.acquire().await.ok()?;
             let mut s = UnixStream::connect(&self.socket).await.ok()?;
             let mut req = format!(
                 "{method} {path} HTTP/1.1\r\nHost: occ-init\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -156,7 +223,36 @@ impl AuthClient {
             },
             ready: v["ready"].as_bool().unwrap_or(false),
             users: v["users"].as_u64().unwrap_or(1) as usize,
+            upstream_authorization: v["upstream_authorization"].as_str().map(str::to_string),
         })
+    }
+
+    /// PID 1's copy of the sessions (at the proxy's start).
+    pub async fn sessions(&self) -> Result<Vec<SessionCopy>, ()> {
+        let a = self
+            .call("GET", "/v1/auth/sessions", b"", LOOKUP_TIMEOUT)
+            .await
+            .ok_or(())?;
+        if a.status != 200 {
+            return Err(());
+        }
+        #[derive(serde::Deserialize)]
+        struct List {
+            sessions: Vec<SessionCopy>,
+        }
+        serde_json::from_slice::<List>(&a.body)
+            .map(|l| l.sessions)
+            .map_err(|_| ())
+    }
+
+    /// Tell PID 1 what changed.
+    pub async fn sync_sessions(&self, sync: &SessionSync) -> Result<(), ()> {
+        let body = serde_json::to_vec(sync).map_err(|_| ())?;
+        let a = self
+            .call("POST", "/v1/auth/sessions", &body, LOOKUP_TIMEOUT)
+            .await
+            .ok_or(())?;
+        (a.status == 200).then_some(()).ok_or(())
     }
 }
 

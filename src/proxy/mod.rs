@@ -4,6 +4,9 @@
 //! the passwords.
 
 pub mod auth;
+pub mod conn;
+pub mod flight;
+pub mod origin;
 pub mod pages;
 pub mod request;
 pub mod server;
@@ -30,9 +33,13 @@ use clap::Parser;
              container user (checked by occ-init, PID 1); relays to opencode on 127.0.0.1"
 )]
 pub struct Args {
-    /// Serve the listening TCP socket inherited as this file descriptor (how PID 1 starts it).
+    /// Serve the listening TCP socket inherited as this file descriptor (how PID 1 starts
+    /// it; repeated for each address family PID 1 holds).
     #[arg(long, value_name = "FD", conflicts_with = "listen")]
-    pub listen_fd: Option<i32>,
+    pub listen_fd: Vec<i32>,
+    /// Answer PID 1's health probe on the unix listening socket inherited as this fd.
+    #[arg(long, value_name = "FD")]
+    pub health_fd: Option<i32>,
     /// Bind this address instead (running it by hand).
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
@@ -57,6 +64,14 @@ pub struct Args {
     /// Connections served at once; more get 503.
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
+    /// Connections one client address (an IPv6 /64) may hold; more get 503. Not applied
+    /// with --trust-proxy true.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections_per_client: usize,
+    /// An origin besides the proxy's own allowed to send requests with a user's
+    /// credentials (repeatable).
+    #[arg(long, value_name = "ORIGIN")]
+    pub trusted_origin: Vec<String>,
 }
 
 /// Raise the soft open-files limit to the hard one (many idle connections).
@@ -90,6 +105,16 @@ pub fn main() -> i32 {
         return 1;
     }
     raise_nofile();
+    let mut trusted = Vec::new();
+    for o in &args.trusted_origin {
+        match origin::normalize(o) {
+            Some(n) => trusted.push(n),
+            None => {
+                log::error!("--trusted-origin {o:?} is not an origin (scheme://host[:port])");
+                return crate::EXIT_USAGE;
+            }
+        }
+    }
     let settings = server::Settings {
         upstream: args.upstream,
         auth_socket: args.auth_socket,
@@ -98,6 +123,8 @@ pub fn main() -> i32 {
         session_idle: args.session_idle,
         session_max_age: args.session_max_age,
         max_connections: args.max_connections.max(1),
+        max_connections_per_client: args.max_connections_per_client.max(1),
+        trusted_origins: trusted,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -110,41 +137,61 @@ pub fn main() -> i32 {
         }
     };
     rt.block_on(async move {
-        let std_listener = match (args.listen_fd, args.listen) {
-            // SAFETY: PID 1 passes an open listening socket at this descriptor, and nothing
-            // else in this process owns it.
-            (Some(fd), _) => unsafe { std::net::TcpListener::from_raw_fd(fd) },
-            (None, Some(addr)) => match std::net::TcpListener::bind(addr) {
-                Ok(l) => l,
+        let std_listeners = match (args.listen_fd.is_empty(), args.listen) {
+            // SAFETY: PID 1 passes open listening sockets at these descriptors, and nothing
+            // else in this process owns them.
+            (false, _) => args
+                .listen_fd
+                .iter()
+                .map(|fd| unsafe { std::net::TcpListener::from_raw_fd(*fd) })
+                .collect::<Vec<_>>(),
+            (true, Some(addr)) => match std::net::TcpListener::bind(addr) {
+                Ok(l) => vec![l],
                 Err(e) => {
                     log::error!("cannot listen on {addr}: {e}");
                     return 1;
                 }
             },
-            (None, None) => {
+            (true, None) => {
                 log::error!("give --listen-fd FD or --listen ADDR:PORT");
                 return crate::EXIT_USAGE;
             }
         };
-        let listener = match std_listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(std_listener))
-        {
-            Ok(l) => l,
-            Err(e) => {
-                log::error!("the listening socket is not usable: {e}");
-                return 1;
+        let mut listeners = Vec::new();
+        for l in std_listeners {
+            match l
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(l))
+            {
+                Ok(l) => listeners.push(l),
+                Err(e) => {
+                    log::error!("a listening socket is not usable: {e}");
+                    return 1;
+                }
             }
-        };
-        let local = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "?".into());
+        }
+        // SAFETY: as above, PID 1's private health socket.
+        let health = args.health_fd.and_then(|fd| {
+            let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+            l.set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixListener::from_std(l))
+                .map_err(|e| log::error!("the health socket is not usable: {e}"))
+                .ok()
+        });
+        let local: Vec<String> = listeners
+            .iter()
+            .map(|l| {
+                l.local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| "?".into())
+            })
+            .collect();
         log::info!(
-            "listening on {local}, relaying to opencode at {} (logins checked by occ-init)",
+            "listening on {}, relaying to opencode at {} (logins checked by occ-init)",
+            local.join(" and "),
             settings.upstream
         );
-        server::serve(listener, Arc::new(server::Proxy::new(settings))).await;
+        server::serve(listeners, health, Arc::new(server::Proxy::new(settings))).await;
         0
     })
 }

@@ -1,6 +1,11 @@
 //! Pure request handling for the proxy: what a request needs ([`classify`]), login forms,
 //! safe redirect targets, cookies and Basic credentials.
 
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, Engine, GeneralPurpose, GeneralPurposeConfig};
+use cookie::Cookie;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
 use super::SESSION_COOKIE;
 
 /// What the proxy does with a request, before any credential is looked at.
@@ -66,51 +71,32 @@ pub fn login_location(path_and_query: &str) -> String {
     )
 }
 
+/// Every byte but the unreserved characters (RFC 3986: `A-Z a-z 0-9 - . _ ~`) and `/`.
+const ENCODED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
 /// Percent-encode everything but unreserved characters and `/`.
 pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, ENCODED).to_string()
 }
 
 /// Decode `application/x-www-form-urlencoded` text (`+` is a space). Invalid escapes are
 /// kept literally; invalid UTF-8 is replaced.
 pub fn form_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The value of `key` in urlencoded text (a form body or a query string).
 pub fn form_value(text: &str, key: &str) -> Option<String> {
-    text.split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .find(|(k, _)| form_decode(k) == key)
-        .map(|(_, v)| form_decode(v))
+    form_urlencoded::parse(text.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// A submitted login form.
@@ -146,76 +132,50 @@ pub fn parse_login(body: &str) -> Option<LoginForm> {
     })
 }
 
-/// The session token in the `Cookie` header values, if any.
+/// The session token in the `Cookie` header values, if any (surrounding quotes removed).
 pub fn session_cookie<'a>(cookie_headers: impl Iterator<Item = &'a str>) -> Option<String> {
-    for h in cookie_headers {
-        for part in h.split(';') {
-            if let Some((k, v)) = part.trim().split_once('=') {
-                if k == SESSION_COOKIE && !v.is_empty() {
-                    return Some(v.trim_matches('"').to_string());
-                }
-            }
-        }
-    }
-    None
+    cookie_headers
+        .flat_map(Cookie::split_parse)
+        .flatten()
+        .find(|c| c.name() == SESSION_COOKIE && !c.value_trimmed().is_empty())
+        .map(|c| c.value_trimmed().to_string())
 }
 
 /// A `Cookie` header value without the proxy's own cookie (`None` when nothing is left).
+/// Pairs the cookie parser rejects (no `=`, empty name) are passed on unchanged.
 pub fn strip_session_cookie(value: &str) -> Option<String> {
     let kept: Vec<&str> = value
         .split(';')
         .map(str::trim)
-        .filter(|p| !p.is_empty() && p.split_once('=').map(|(k, _)| k) != Some(SESSION_COOKIE))
+        .filter(|p| !p.is_empty() && Cookie::parse(*p).map_or(true, |c| c.name() != SESSION_COOKIE))
         .collect();
     (!kept.is_empty()).then(|| kept.join("; "))
 }
 
-/// User and password from an `Authorization: Basic …` value.
+/// Standard base64 for Basic credentials, accepted with or without padding.
+const BASIC_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// User and password from an `Authorization: Basic …` value; `None` unless both are
+/// non-empty and within bounds (an empty password is refused before any check).
 pub fn basic_credentials(value: &str) -> Option<(String, String)> {
     let (scheme, rest) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
+    let encoded = rest.trim();
+    if !scheme.eq_ignore_ascii_case("basic") || encoded.len() > 8192 {
         return None;
     }
-    let raw = base64_decode(rest.trim())?;
-    let text = String::from_utf8(raw).ok()?;
-    let (user, pass) = text.split_once(':')?;
-    if user.is_empty() || user.len() > 64 || pass.len() > 4096 {
-        return None;
-    }
-    Some((user.to_string(), pass.to_string()))
-}
-
-/// Standard base64 (padding optional).
-pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let s = s.trim_end_matches('=');
-    if s.len() % 4 == 1 || s.len() > 8192 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.as_bytes().chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= val(*c)? << (18 - 6 * i);
-        }
-        out.push((n >> 16) as u8);
-        if chunk.len() > 2 {
-            out.push((n >> 8) as u8);
-        }
-        if chunk.len() > 3 {
-            out.push(n as u8);
-        }
-    }
-    Some(out)
+    let mut raw = BASIC_BASE64.decode(encoded).ok()?;
+    let credentials = std::str::from_utf8(&raw)
+        .ok()
+        .and_then(|text| text.split_once(':'))
+        .filter(|(user, pass)| {
+            !user.is_empty() && user.len() <= 64 && !pass.is_empty() && pass.len() <= 4096
+        })
+        .map(|(user, pass)| (user.to_string(), pass.to_string()));
+    crate::users::apply::wipe(&mut raw);
+    credentials
 }
 
 /// The client address to rate-limit on: the peer, or with `trust_proxy` the address the
@@ -320,6 +280,12 @@ mod tests {
         assert_eq!(form_decode("%zz%4"), "%zz%4");
         assert_eq!(form_decode("%"), "%");
         assert_eq!(form_decode("%e9"), "\u{fffd}");
+        assert_eq!(form_decode("a+b%2B%41"), "a b+A");
+        assert_eq!(form_value("a&b=1&b=2&c", "b").as_deref(), Some("1"));
+        assert_eq!(form_value("a&b=1", "a").as_deref(), Some(""));
+        assert_eq!(form_value("x%3Dy=1=2", "x=y").as_deref(), Some("1=2"));
+        assert_eq!(form_value("a=1", "b"), None);
+        assert_eq!(percent_encode("/a-b_c.d~e/é&"), "/a-b_c.d~e/%C3%A9%26");
     }
 
     #[test]
@@ -333,6 +299,15 @@ mod tests {
         assert_eq!(
             strip_session_cookie("occ_sessionx=1").as_deref(),
             Some("occ_sessionx=1")
+        );
+        let quoted = ["x", "occ_session=; b=\"2\"", " occ_session = \"tok\" "];
+        assert_eq!(
+            session_cookie(quoted.iter().copied()).as_deref(),
+            Some("tok")
+        );
+        assert_eq!(
+            strip_session_cookie("flag; a=1;; occ_session=t; =v").as_deref(),
+            Some("flag; a=1; =v")
         );
     }
 
@@ -348,8 +323,11 @@ mod tests {
             Some(("alice".into(), "s3cret:with:colons".into()))
         );
         assert_eq!(
-            basic_credentials(&format!("basic {}", crate::supervise::probe::base64(b"a:"))),
-            Some(("a".into(), "".into()))
+            basic_credentials(&format!(
+                "basic {}",
+                crate::supervise::probe::base64(b"a:b")
+            )),
+            Some(("a".into(), "b".into()))
         );
         for bad in [
             "Bearer abc",
@@ -363,7 +341,22 @@ mod tests {
         for n in 0..40 {
             let data: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
             let enc = crate::supervise::probe::base64(&data);
-            assert_eq!(base64_decode(&enc), Some(data));
+            assert_eq!(BASIC_BASE64.decode(&enc).ok(), Some(data.clone()));
+            let unpadded = enc.trim_end_matches('=');
+            assert_eq!(BASIC_BASE64.decode(unpadded).ok(), Some(data));
+        }
+        // Without padding, as some clients send it: "alice:pw" is YWxpY2U6cHc=.
+        assert_eq!(
+            basic_credentials("Basic YWxpY2U6cHc"),
+            Some(("alice".into(), "pw".into()))
+        );
+    }
+
+    #[test]
+    fn basic_with_an_empty_password_is_refused() {
+        for raw in [&b"alice:"[..], b"a:", b":"] {
+            let v = format!("Basic {}", crate::supervise::probe::base64(raw));
+            assert_eq!(basic_credentials(&v), None, "{v}");
         }
     }
 

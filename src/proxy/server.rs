@@ -1,12 +1,13 @@
 //! The proxy server: hyper 1 on a current-thread tokio runtime. Accepts on the listening
-//! socket PID 1 hands down (or binds one itself when run by hand), authenticates every
-//! request (session cookie or HTTP Basic, passwords checked by PID 1), and relays to opencode
-//! on 127.0.0.1 with streaming bodies, server-sent events and WebSocket upgrades.
+//! sockets PID 1 hands down (or binds one itself when run by hand), refuses requests from
+//! pages of other origins, authenticates every request (session cookie or HTTP Basic,
+//! passwords checked by PID 1, one check for identical concurrent credentials), and relays
+//! to opencode on 127.0.0.1 with the credentials of opencode's current start, streaming
+//! bodies, server-sent events and WebSocket upgrades (each on a connection of its own).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,13 +20,15 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::auth::{AuthClient, GateState, Verdict};
+use super::auth::{AuthClient, GateState, SessionCopy, SessionSync, Verdict};
+use super::conn::{self, Guarded, Slot, Slots};
+use super::flight::Flights;
 use super::request::{self, Kind};
-use super::session::{self, Sessions};
-use super::{pages, SESSION_COOKIE};
+use super::session::{self, Session, Sessions};
+use super::{origin, pages, SESSION_COOKIE};
+use crate::secret::SecretString;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -39,14 +42,21 @@ pub const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
 pub const FAIL_FLOOR: Duration = Duration::from_secs(3);
 /// The gate state is re-read from PID 1 this often.
 pub const STATE_TTL: Duration = Duration::from_millis(500);
-/// Time a client has to send a request's headers (slowloris).
+/// Time a client has to send a request's headers (slowloris), and the longest a kept-alive
+/// connection may sit idle between requests.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) accepted; larger ones get 431.
+pub const MAX_HEAD: usize = 64 * 1024;
 /// Largest login form accepted.
 pub const MAX_FORM: usize = 16 * 1024;
 /// Time to send a login form.
 pub const FORM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Used sessions are reported to PID 1 this often (for their idle timeout there).
+pub const TOUCH_EVERY: Duration = Duration::from_secs(30);
 /// Most Basic credentials cached.
 const MAX_BASIC_CACHE: usize = 4096;
+/// Most session changes sent to PID 1 in one request (its requests are at most 64 KiB).
+const SYNC_CHUNK: usize = 150;
 
 /// The proxy's settings (from its command line; nothing secret).
 #[derive(Debug, Clone)]
@@ -58,12 +68,24 @@ pub struct Settings {
     pub session_idle: Duration,
     pub session_max_age: Duration,
     pub max_connections: usize,
+    /// Connections per client address (IPv6: per /64); ignored with `trust_proxy`.
+    pub max_connections_per_client: usize,
+    /// Extra origins allowed to send requests with a user's credentials (normalized).
+    pub trusted_origins: Vec<String>,
 }
 
 struct BasicEntry {
     user: String,
     fingerprint: String,
     verified: Instant,
+}
+
+/// Session changes not yet told to PID 1.
+#[derive(Default)]
+struct Pending {
+    put: Vec<(String, Session)>,
+    remove: Vec<String>,
+    touch: HashSet<String>,
 }
 
 /// Shared by every connection.
@@ -78,7 +100,16 @@ pub struct Proxy {
     basic: Mutex<HashMap<(u64, u64), BasicEntry>>,
     basic_keys: (std::hash::RandomState, std::hash::RandomState),
     gate: Mutex<Option<(GateState, Instant)>>,
-    connections: AtomicUsize,
+    /// The connection counts (public sockets).
+    pub slots: Arc<Slots>,
+    /// Password checks in flight, by keyed hash of the credentials.
+    verifying: Flights<(u64, u64), Verdict>,
+    /// Fingerprint look-ups in flight, by user.
+    fingerprints: Flights<String, Result<Option<String>, ()>>,
+    /// The gate-state refresh in flight.
+    gates: Flights<(), Result<GateState, ()>>,
+    pending: Mutex<Pending>,
+    sync_wake: tokio::sync::Notify,
 }
 
 fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
@@ -155,6 +186,7 @@ fn header_str(h: &HeaderMap, name: HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The request asks to switch protocols (`Connection: upgrade` and an `Upgrade`).
 fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
         && h.get_all(header::CONNECTION)
@@ -164,6 +196,28 @@ fn is_upgrade(h: &HeaderMap) -> bool {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
+}
+
+/// The only upgrade relayed: to a WebSocket (opencode's terminals). `h2c` and the rest are
+/// dropped, and the request goes on as a plain one.
+fn is_websocket(h: &HeaderMap) -> bool {
+    is_upgrade(h)
+        && h.get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .all(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Size of the request head as sent: request line and headers.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    line + req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
 }
 
 /// Remove hop-by-hop headers (and those the Connection header names).
@@ -186,6 +240,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         "trailer",
         "transfer-encoding",
         "upgrade",
+        "http2-settings",
         "proxy-authorization",
         "proxy-authenticate",
     ] {
@@ -209,61 +264,91 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
+        let per_client = (!settings.trust_proxy).then_some(settings.max_connections_per_client);
         Proxy {
-            auth: AuthClient {
-                socket: settings.auth_socket.clone(),
-            },
+            auth: AuthClient::new(settings.auth_socket.clone()),
             sessions: Mutex::new(Sessions::new(
                 settings.session_idle,
                 settings.session_max_age,
             )),
+            slots: Slots::new(settings.max_connections, per_client),
             settings,
             client,
             logins: Mutex::new(HashMap::new()),
             basic: Mutex::new(HashMap::new()),
             basic_keys: (std::hash::RandomState::new(), std::hash::RandomState::new()),
             gate: Mutex::new(None),
-            connections: AtomicUsize::new(0),
+            verifying: Flights::default(),
+            fingerprints: Flights::default(),
+            gates: Flights::default(),
+            pending: Mutex::new(Pending::default()),
+            sync_wake: tokio::sync::Notify::new(),
         }
     }
 
-    /// The gate state, re-read from PID 1 at most every [`STATE_TTL`].
-    async fn gate(&self) -> Result<GateState, ()> {
-        let now = Instant::now();
+    /// The gate state, re-read from PID 1 at most every [`STATE_TTL`], by one request at
+    /// a time however many wait for it.
+    async fn gate(self: &Arc<Self>) -> Result<GateState, ()> {
         if let Ok(g) = self.gate.lock() {
             if let Some((state, at)) = g.as_ref() {
-                if now.duration_since(*at) < STATE_TTL {
+                if at.elapsed() < STATE_TTL {
                     return Ok(state.clone());
                 }
             }
         }
-        let state = self.auth.state().await?;
-        if let Ok(mut g) = self.gate.lock() {
-            *g = Some((state.clone(), now));
-        }
-        Ok(state)
+        let me = self.clone();
+        self.gates
+            .run((), move || async move {
+                let state = me.auth.state().await;
+                if let (Ok(s), Ok(mut g)) = (&state, me.gate.lock()) {
+                    *g = Some((s.clone(), Instant::now()));
+                }
+                state
+            })
+            .await
+            .unwrap_or(Err(()))
     }
 
-    /// `user`'s current login fingerprint (re-checked every [`REVALIDATE`]); a change ends
-    /// the user's sessions. `Err` when PID 1 cannot be asked.
-    async fn current_fingerprint(&self, user: &str) -> Result<Option<String>, ()> {
-        let now = Instant::now();
+    /// Forget the cached gate state (opencode refused our credentials: it restarted).
+    fn forget_gate(&self) {
+        if let Ok(mut g) = self.gate.lock() {
+            *g = None;
+        }
+    }
+
+    /// `user`'s current login fingerprint (re-checked every [`REVALIDATE`], one look-up
+    /// per user at a time); a change ends the user's sessions. `Err` when PID 1 cannot be
+    /// asked.
+    async fn current_fingerprint(self: &Arc<Self>, user: &str) -> Result<Option<String>, ()> {
         if let Ok(l) = self.logins.lock() {
             if let Some((fp, at)) = l.get(user) {
-                if now.duration_since(*at) < REVALIDATE {
+                if at.elapsed() < REVALIDATE {
                     return Ok(fp.clone());
                 }
             }
         }
-        let fp = self.auth.fingerprint(user).await?;
-        self.remember_login(user, fp.clone());
-        if let Ok(mut s) = self.sessions.lock() {
-            let ended = s.revoke_stale(user, fp.as_deref());
-            if ended > 0 {
-                log::info!("ended {ended} session(s) of {user:?}: the login changed or is gone");
-            }
-        }
-        Ok(fp)
+        let me = self.clone();
+        let name = user.to_string();
+        self.fingerprints
+            .run(name.clone(), move || async move {
+                let fp = me.auth.fingerprint(&name).await?;
+                me.remember_login(&name, fp.clone());
+                let ended = me
+                    .sessions
+                    .lock()
+                    .map(|mut s| s.revoke_stale(&name, fp.as_deref()))
+                    .unwrap_or_default();
+                if !ended.is_empty() {
+                    log::info!(
+                        "ended {} session(s) of {name:?}: the login changed or is gone",
+                        ended.len()
+                    );
+                    me.queue(|p| p.remove.extend(ended));
+                }
+                Ok(fp)
+            })
+            .await
+            .unwrap_or(Err(()))
     }
 
     /// Note `user`'s current login fingerprint (`None`: cannot log in) as of now.
@@ -276,12 +361,32 @@ impl Proxy {
         }
     }
 
-    /// Ask PID 1 to check a password (`via` says how it came, for the log). A valid login's
-    /// fingerprint is remembered; a failure is logged with user and client and answered no
-    /// sooner than [`FAIL_FLOOR`] after the attempt began, whatever the reason.
-    async fn verify(&self, user: &str, password: &str, client: &str, via: &str) -> Verdict {
+    /// Ask PID 1 to check a password (`via` says how it came, for the log). Identical
+    /// credentials being checked already wait for that check instead of making their own.
+    /// A valid login's fingerprint is remembered; a failure is logged with user and client
+    /// and answered no sooner than [`FAIL_FLOOR`] after the attempt began.
+    async fn verify(
+        self: &Arc<Self>,
+        user: &str,
+        password: &str,
+        client: &str,
+        via: &str,
+    ) -> Verdict {
         let started = Instant::now();
-        let verdict = self.auth.verify(user, password, client).await;
+        let key = self.basic_key(user, password);
+        let me = self.clone();
+        let (name, secret, from) = (
+            user.to_string(),
+            SecretString::new(password.to_string()),
+            client.to_string(),
+        );
+        let verdict = self
+            .verifying
+            .run(key, move || async move {
+                me.auth.verify(&name, secret.expose(), &from).await
+            })
+            .await
+            .unwrap_or(Verdict::Unavailable);
         match &verdict {
             Verdict::Valid { fingerprint } => self.remember_login(user, Some(fingerprint.clone())),
             Verdict::Denied => {
@@ -307,21 +412,54 @@ impl Proxy {
         (hash(&self.basic_keys.0), hash(&self.basic_keys.1))
     }
 
+    /// Record a session change for PID 1 and wake the sync task (touches wait for it).
+    fn queue(&self, f: impl FnOnce(&mut Pending)) {
+        let urgent = match self.pending.lock() {
+            Ok(mut p) => {
+                let before = (p.put.len(), p.remove.len());
+                f(&mut p);
+                // Bounded whatever PID 1 does.
+                if p.put.len() > session::MAX_SESSIONS {
+                    let extra = p.put.len() - session::MAX_SESSIONS;
+                    p.put.drain(..extra);
+                }
+                if p.remove.len() > session::MAX_SESSIONS {
+                    let extra = p.remove.len() - session::MAX_SESSIONS;
+                    p.remove.drain(..extra);
+                }
+                if p.touch.len() > session::MAX_SESSIONS {
+                    p.touch.clear();
+                }
+                (p.put.len(), p.remove.len()) != before
+            }
+            Err(_) => false,
+        };
+        if urgent {
+            self.sync_wake.notify_one();
+        }
+    }
+
     /// Authenticate by session cookie, else by Basic credentials.
-    async fn authenticate(&self, headers: &HeaderMap, client: &str) -> Auth {
+    async fn authenticate(self: &Arc<Self>, headers: &HeaderMap, client: &str) -> Auth {
         let cookies = headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok());
         if let Some(token) = request::session_cookie(cookies) {
-            let session = self
+            let id = session::id_of(&token);
+            let found = self
                 .sessions
                 .lock()
                 .ok()
-                .and_then(|mut s| s.get(&token, Instant::now()));
-            if let Some(s) = session {
+                .and_then(|mut s| s.get(&id, Instant::now()));
+            if let Some(s) = found {
                 match self.current_fingerprint(&s.user).await {
-                    Ok(Some(fp)) if fp == s.fingerprint => return Auth::User(s.user),
+                    Ok(Some(fp)) if fp == s.fingerprint => {
+                        self.queue(|p| {
+                            p.touch.insert(id);
+                        });
+                        return Auth::User(s.user);
+                    }
                     Ok(_) => {}
                     Err(()) => return Auth::Unavailable,
                 }
@@ -372,8 +510,39 @@ impl Proxy {
         }
     }
 
+    /// `Err` when a page of another origin sent the request (see [`origin`]).
+    fn same_origin(&self, h: &HeaderMap, method: &str, https: bool) -> Result<(), &'static str> {
+        let own = origin::own_origin(
+            header_str(h, header::HOST),
+            header_str(h, HeaderName::from_static("x-forwarded-host")),
+            https,
+            self.settings.trust_proxy,
+        );
+        origin::check(&origin::Facts {
+            method,
+            upgrade: is_upgrade(h),
+            origin: header_str(h, header::ORIGIN),
+            fetch_site: header_str(h, HeaderName::from_static("sec-fetch-site")),
+            fetch_mode: header_str(h, HeaderName::from_static("sec-fetch-mode")),
+            own: own.as_deref(),
+            trusted: &self.settings.trusted_origins,
+        })
+    }
+
     /// Answer one request.
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        slot: Arc<Slot>,
+    ) -> Response<Body> {
+        if head_size(&req) > MAX_HEAD {
+            return json(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                serde_json::json!({"error": "headers_too_large",
+                    "message": format!("request headers larger than {} KiB", MAX_HEAD / 1024)}),
+            );
+        }
         let path = req.uri().path().to_string();
         let kind = request::classify(req.method().as_str(), &path, self.settings.public_health);
         let h = req.headers();
@@ -397,10 +566,23 @@ impl Proxy {
                 serde_json::json!({"healthy": true, "proxy": true}),
             );
         }
+        // Pages of other origins (another port of this host is the same *site*) get
+        // nothing: no login, no logout, no request with a user's credentials.
+        if matches!(kind, Kind::LoginSubmit | Kind::Logout | Kind::Opencode) {
+            if let Err(why) = self.same_origin(h, req.method().as_str(), https) {
+                log::debug!(
+                    "refused {} {path} from {client}: {why} (Origin {:?})",
+                    req.method(),
+                    header_str(h, header::ORIGIN)
+                );
+                return json(
+                    StatusCode::FORBIDDEN,
+                    serde_json::json!({"error": "cross_origin", "message": why}),
+                );
+            }
+        }
         // While gated nothing but the gate page is served, and no password is checked.
-        let gate = self.gate().await;
-        let no_users = matches!(&gate, Ok(g) if g.users == 0);
-        match gate {
+        let gate = match self.gate().await {
             Ok(GateState {
                 reason: Some(why), ..
             }) => {
@@ -417,9 +599,10 @@ impl Proxy {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 return r;
             }
-            Ok(_) => {}
+            Ok(g) => g,
             Err(()) => return unavailable("occ-init is not answering; try again shortly"),
-        }
+        };
+        let no_users = gate.users == 0;
         match kind {
             Kind::ProxyHealth => json(
                 StatusCode::OK,
@@ -440,11 +623,12 @@ impl Proxy {
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": "not_found"}),
             ),
-            Kind::PublicHealth => self.forward(req, https, peer).await,
+            // Never upgraded: upgrade headers on the public path are dropped.
+            Kind::PublicHealth => self.forward(req, https, peer, &gate, slot, false).await,
             Kind::Opencode => match self.authenticate(req.headers(), &client).await {
                 Auth::User(user) => {
                     log::trace!("{} {path} as {user:?}", req.method());
-                    self.forward(req, https, peer).await
+                    self.forward(req, https, peer, &gate, slot, true).await
                 }
                 Auth::Denied if wants_html => {
                     let target = req
@@ -462,7 +646,7 @@ impl Proxy {
     }
 
     async fn login(
-        &self,
+        self: &Arc<Self>,
         req: Request<Incoming>,
         client: &str,
         https: bool,
@@ -504,9 +688,18 @@ impl Proxy {
                 let Ok(token) = session::new_token() else {
                     return unavailable("cannot create a session");
                 };
+                let id = session::id_of(&token);
+                let now = Instant::now();
                 if let Ok(mut s) = self.sessions.lock() {
-                    s.insert(token.clone(), &form.username, &fingerprint, Instant::now());
+                    s.insert(id.clone(), &form.username, &fingerprint, now);
                 }
+                let copy = Session {
+                    user: form.username.clone(),
+                    fingerprint: fingerprint.clone(),
+                    created: now,
+                    last_seen: now,
+                };
+                self.queue(|p| p.put.push((id, copy)));
                 log::info!("{:?} logged in from {client}", form.username);
                 let mut r = redirect(&form.next);
                 let cookie = format!(
@@ -544,10 +737,11 @@ impl Proxy {
             .iter()
             .filter_map(|v| v.to_str().ok());
         if let Some(token) = request::session_cookie(cookies) {
-            if let Ok(mut s) = self.sessions.lock() {
-                if let Some(old) = s.remove(&token) {
-                    log::info!("{:?} logged out", old.user);
-                }
+            let id = session::id_of(&token);
+            let old = self.sessions.lock().ok().and_then(|mut s| s.remove(&id));
+            if let Some(old) = old {
+                log::info!("{:?} logged out", old.user);
+                self.queue(|p| p.remove.push(id));
             }
         }
         let mut r = redirect("/_occ/login");
@@ -561,17 +755,22 @@ impl Proxy {
         r
     }
 
-    /// Relay to opencode: credentials stripped, X-Forwarded-* set, bodies streamed,
-    /// upgrades (WebSocket) spliced both ways.
+    /// Relay to opencode: the client's credentials stripped and opencode's own sent,
+    /// X-Forwarded-* set, bodies streamed. A WebSocket upgrade (only where `upgrades`) goes
+    /// on a fresh upstream connection and is spliced both ways, holding the client's slot;
+    /// other upgrade requests are relayed as plain requests, so no pooled connection is ever
+    /// handed to a protocol switch.
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         https: bool,
         peer: SocketAddr,
+        gate: &GateState,
+        slot: Arc<Slot>,
+        upgrades: bool,
     ) -> Response<Body> {
-        let upgrade = is_upgrade(req.headers());
-        let upgrade_value = req.headers().get(header::UPGRADE).cloned();
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let websocket = upgrades && is_websocket(req.headers());
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let pq = parts
             .uri
@@ -595,6 +794,13 @@ impl Proxy {
             .map(str::to_string);
         strip_hop_by_hop(h);
         h.remove(header::AUTHORIZATION);
+        if let Some(v) = gate
+            .upstream_authorization
+            .as_deref()
+            .and_then(|a| HeaderValue::from_str(a).ok())
+        {
+            h.insert(header::AUTHORIZATION, v);
+        }
         let cookies: Vec<String> = h
             .get_all(header::COOKIE)
             .iter()
@@ -621,22 +827,33 @@ impl Proxy {
         if let Some(host) = original_host {
             h.insert("x-forwarded-host", host);
         }
-        if let (true, Some(u)) = (upgrade, upgrade_value) {
+        if websocket {
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, u);
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
         let up_req = Request::from_parts(parts, body);
-        let mut resp = match self.client.request(up_req).await {
+        let sent = if websocket {
+            self.send_alone(up_req).await
+        } else {
+            self.client.request(up_req).await.map_err(|e| e.to_string())
+        };
+        let mut resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("upstream request failed: {e}");
                 return unavailable("opencode is not answering (starting or restarting?)");
             }
         };
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // opencode restarted with a new password since the gate state was read.
+            self.forget_gate();
+            return unavailable("opencode is restarting; try again shortly");
+        }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match (client_upgrade.await, upstream_upgrade.await) {
                         (Ok(a), Ok(b)) => {
                             let mut a = TokioIo::new(a);
@@ -659,31 +876,129 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::WWW_AUTHENTICATE);
         Response::from_parts(parts, body.boxed())
     }
-}
 
-/// Answer a connection beyond the cap with 503 and close it.
-async fn refuse(mut stream: TcpStream) {
-    let body = r#"{"error":"busy","message":"too many connections"}"#;
-    let msg = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(msg.as_bytes())).await;
-}
+    /// Send one request on an upstream connection of its own (for an upgrade).
+    async fn send_alone(&self, req: Request<Incoming>) -> Result<Response<Incoming>, String> {
+        let stream = tokio::time::timeout(
+            Duration::from_secs(5),
+            TcpStream::connect(self.settings.upstream),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        sender.send_request(req).await.map_err(|e| e.to_string())
+    }
 
-/// A connection slot, given back on drop.
-struct Slot(Arc<Proxy>);
+    /// Take back PID 1's copy of the sessions (a restarted proxy logs nobody out).
+    async fn load_sessions(&self) {
+        for attempt in 0..4 {
+            match self.auth.sessions().await {
+                Ok(list) => {
+                    let now = Instant::now();
+                    let n = list.len();
+                    if let Ok(mut s) = self.sessions.lock() {
+                        for c in list {
+                            let ago =
+                                |ms| now.checked_sub(Duration::from_millis(ms)).unwrap_or(now);
+                            let copy = Session {
+                                user: c.user,
+                                fingerprint: c.fingerprint,
+                                created: ago(c.created_ms_ago),
+                                last_seen: ago(c.seen_ms_ago),
+                            };
+                            s.restore(c.id, copy, now);
+                        }
+                    }
+                    if n > 0 {
+                        log::info!("took back {n} session(s) kept by occ-init");
+                    }
+                    return;
+                }
+                Err(()) if attempt < 3 => tokio::time::sleep(Duration::from_millis(250)).await,
+                Err(()) => log::warn!("occ-init's copy of the sessions is out of reach"),
+            }
+        }
+    }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    /// Tell PID 1 about session changes: new and ended ones at once, used ones every
+    /// [`TOUCH_EVERY`]. New and ended ones that cannot be sent are tried again later.
+    async fn sync_sessions(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.sync_wake.notified() => {}
+                _ = tokio::time::sleep(TOUCH_EVERY) => {}
+            }
+            let Ok(mut pending) = self.pending.lock().map(|mut p| std::mem::take(&mut *p)) else {
+                continue;
+            };
+            let mut touch: Vec<String> = pending.touch.drain().collect();
+            while !(pending.put.is_empty() && pending.remove.is_empty() && touch.is_empty()) {
+                let now = Instant::now();
+                let ms = |t: Instant| now.saturating_duration_since(t).as_millis() as u64;
+                let n = |len: usize| len.min(SYNC_CHUNK);
+                let chunk = SessionSync {
+                    put: pending.put[..n(pending.put.len())]
+                        .iter()
+                        .map(|(id, s)| SessionCopy {
+                            id: id.clone(),
+                            user: s.user.clone(),
+                            fingerprint: s.fingerprint.clone(),
+                            created_ms_ago: ms(s.created),
+                            seen_ms_ago: ms(s.last_seen),
+                        })
+                        .collect(),
+                    remove: pending.remove[..n(pending.remove.len())].to_vec(),
+                    touch: touch.drain(..n(touch.len())).collect(),
+                };
+                if self.auth.sync_sessions(&chunk).await.is_err() {
+                    log::debug!("cannot reach occ-init to keep the sessions; trying later");
+                    self.queue(|p| {
+                        p.put.splice(0..0, pending.put.drain(..));
+                        p.remove.splice(0..0, pending.remove.drain(..));
+                    });
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+                pending.put.drain(..chunk.put.len());
+                pending.remove.drain(..chunk.remove.len());
+            }
+        }
     }
 }
 
-/// Accept and serve until the process is killed.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+/// Serve one accepted client connection, holding `slot` until it and anything spliced
+/// from it end.
+async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
+    let _ = stream.set_nodelay(true);
+    let slot = Arc::new(slot);
+    let io = TokioIo::new(Guarded::new(stream, conn::WRITE_STALL, conn::IDLE));
+    let service = service_fn(move |req| {
+        let (p, slot) = (proxy.clone(), slot.clone());
+        async move { Ok::<_, std::convert::Infallible>(p.handle(req, peer, slot).await) }
+    });
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD + 8 * 1024)
+        .serve_connection(io, service)
+        .with_upgrades();
+    if let Err(e) = served.await {
+        log::debug!("connection from {peer}: {e}");
+    }
+}
+
+/// Accept on one public socket until the process is killed.
+async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -694,29 +1009,121 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
                 continue;
             }
         };
-        if proxy.connections.fetch_add(1, Ordering::SeqCst) >= proxy.settings.max_connections {
-            proxy.connections.fetch_sub(1, Ordering::SeqCst);
-            tokio::spawn(refuse(stream));
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        let slot = Slot(proxy.clone());
-        tokio::spawn(async move {
-            let p = slot.0.clone();
-            let service = service_fn(move |req| {
-                let p = p.clone();
-                async move { Ok::<_, std::convert::Infallible>(p.handle(req, peer).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                log::debug!("connection from {peer}: {e}");
+        // Clients of the dual-stack socket: IPv4 as IPv4, in the limiter and the log.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        match proxy.slots.take(peer.ip()) {
+            Ok(slot) => {
+                tokio::spawn(serve_conn(proxy.clone(), stream, peer, slot));
             }
-            drop(slot);
+            Err(why) => {
+                log::debug!("refused a connection from {peer}: {}", why.message());
+                tokio::spawn(conn::refuse(proxy.slots.clone(), stream, why));
+            }
+        }
+    }
+}
+
+/// PID 1's private probe: `/_occ/health` on the unix socket it handed down (root only),
+/// out of reach of the public port's clients.
+async fn serve_health(listener: tokio::net::UnixListener, proxy: Arc<Proxy>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let connections = p.slots.total();
+                async move {
+                    Ok::<_, std::convert::Infallible>(if req.uri().path() == "/_occ/health" {
+                        json(
+                            StatusCode::OK,
+                            serde_json::json!({"healthy": true, "proxy": true,
+                                "connections": connections}),
+                        )
+                    } else {
+                        json(
+                            StatusCode::NOT_FOUND,
+                            serde_json::json!({"error": "not_found"}),
+                        )
+                    })
+                }
+            });
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                http1::Builder::new().serve_connection(TokioIo::new(stream), service),
+            )
+            .await;
         });
+    }
+}
+
+/// Take back the sessions, then accept on every public socket (and the health socket)
+/// until the process is killed.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    health: Option<tokio::net::UnixListener>,
+    proxy: Arc<Proxy>,
+) {
+    proxy.load_sessions().await;
+    tokio::spawn(proxy.clone().sync_sessions());
+    if let Some(h) = health {
+        tokio::spawn(serve_health(h, proxy.clone()));
+    }
+    let tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(accept_loop(l, proxy.clone())))
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_relayed() {
+        let ws = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert!(is_websocket(&ws));
+        let h2c = headers(&[("connection", "upgrade"), ("upgrade", "h2c")]);
+        assert!(is_upgrade(&h2c) && !is_websocket(&h2c));
+        let no_conn = headers(&[("upgrade", "websocket")]);
+        assert!(!is_websocket(&no_conn));
+        let mut h = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ("x-keep", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn head_size_counts_line_and_headers() {
+        let mut b = Request::builder().uri("/abc?x=1");
+        for i in 0..10 {
+            b = b.header(format!("x-h{i}"), "v".repeat(100));
+        }
+        let r = b.body(()).unwrap();
+        let n = head_size(&r);
+        assert!((10 * 104..10 * 110 + 40).contains(&n), "{n}");
     }
 }

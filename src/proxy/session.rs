@@ -1,6 +1,10 @@
 //! Browser sessions in the proxy's memory: random tokens, idle timeout and maximum age, a
 //! bound on their number, and the per-user login fingerprints that end sessions when a user
 //! is locked, removed or given a new password. Pure over an explicit clock.
+//!
+//! Sessions are keyed by [`id_of`] the cookie's token (SHA-256), never the token itself, so
+//! the copy PID 1 keeps for a restarted proxy (and any memory dump) holds nothing a client
+//! could present. The same store runs in the proxy and, as that backup, in PID 1.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -33,9 +37,29 @@ impl Sessions {
         }
     }
 
-    /// Start a session under a fresh `token`.
+    /// Start a session under a fresh id (see [`id_of`]).
     pub fn insert(&mut self, token: String, user: &str, fingerprint: &str, now: Instant) {
+        self.restore(
+            token,
+            Session {
+                user: user.to_string(),
+                fingerprint: fingerprint.to_string(),
+                created: now,
+                last_seen: now,
+            },
+            now,
+        );
+    }
+
+    /// Keep `session` under `id` as it is (a copy handed over from elsewhere), unless it
+    /// has expired by `now`.
+    pub fn restore(&mut self, id: String, session: Session, now: Instant) {
         self.expire(now);
+        if now.saturating_duration_since(session.last_seen) >= self.idle
+            || now.saturating_duration_since(session.created) >= self.max_age
+        {
+            return;
+        }
         if self.by_token.len() >= MAX_SESSIONS {
             if let Some(oldest) = self
                 .by_token
@@ -46,15 +70,19 @@ impl Sessions {
                 self.by_token.remove(&oldest);
             }
         }
-        self.by_token.insert(
-            token,
-            Session {
-                user: user.to_string(),
-                fingerprint: fingerprint.to_string(),
-                created: now,
-                last_seen: now,
-            },
-        );
+        self.by_token.insert(id, session);
+    }
+
+    /// Note that session `id` was used at `now` (never moving back in time).
+    pub fn touch(&mut self, id: &str, now: Instant) {
+        if let Some(s) = self.by_token.get_mut(id) {
+            s.last_seen = s.last_seen.max(now);
+        }
+    }
+
+    /// Every session kept, with its id.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Session)> {
+        self.by_token.iter()
     }
 
     /// The live session for `token` (touching it), or `None` (an expired one is dropped).
@@ -74,12 +102,19 @@ impl Sessions {
         self.by_token.remove(token)
     }
 
-    /// End every session of `user` whose fingerprint is not `current` (`None`: all of them).
-    pub fn revoke_stale(&mut self, user: &str, current: Option<&str>) -> usize {
-        let before = self.by_token.len();
-        self.by_token
-            .retain(|_, s| s.user != user || Some(s.fingerprint.as_str()) == current);
-        before - self.by_token.len()
+    /// End every session of `user` whose fingerprint is not `current` (`None`: all of them);
+    /// returns the ids ended.
+    pub fn revoke_stale(&mut self, user: &str, current: Option<&str>) -> Vec<String> {
+        let ended: Vec<String> = self
+            .by_token
+            .iter()
+            .filter(|(_, s)| s.user == user && Some(s.fingerprint.as_str()) != current)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ended {
+            self.by_token.remove(id);
+        }
+        ended
     }
 
     /// Drop expired sessions.
@@ -98,6 +133,15 @@ impl Sessions {
     pub fn is_empty(&self) -> bool {
         self.by_token.is_empty()
     }
+}
+
+/// The id a session is kept under: SHA-256 of the cookie's token, hex-encoded.
+pub fn id_of(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A new session token: 256 random bits from the kernel, hex-encoded.
@@ -149,11 +193,47 @@ mod tests {
         s.insert("a".into(), "alice", "f1", t);
         s.insert("b".into(), "alice", "f1", t);
         s.insert("c".into(), "bob", "g1", t);
-        assert_eq!(s.revoke_stale("alice", Some("f1")), 0);
-        assert_eq!(s.revoke_stale("alice", Some("f2")), 2);
+        assert!(s.revoke_stale("alice", Some("f1")).is_empty());
+        let mut ended = s.revoke_stale("alice", Some("f2"));
+        ended.sort();
+        assert_eq!(ended, ["a", "b"]);
         assert!(s.get("c", t).is_some());
-        assert_eq!(s.revoke_stale("bob", None), 1);
+        assert_eq!(s.revoke_stale("bob", None), ["c"]);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn restored_copies_keep_their_times() {
+        let t = Instant::now();
+        let mut s = Sessions::new(secs(10), secs(30));
+        let copy = |created, last_seen| Session {
+            user: "alice".into(),
+            fingerprint: "f".into(),
+            created,
+            last_seen,
+        };
+        s.restore("old".into(), copy(t, t), t + secs(10));
+        assert!(s.is_empty(), "idle too long already");
+        s.restore("a".into(), copy(t, t + secs(5)), t + secs(6));
+        assert!(
+            s.get("a", t + secs(14)).is_some(),
+            "idle counts from last use"
+        );
+        s.touch("a", t + secs(20));
+        s.touch("a", t + secs(1));
+        assert_eq!(s.iter().next().unwrap().1.last_seen, t + secs(20));
+        assert!(
+            s.get("a", t + secs(30)).is_none(),
+            "max age from the original login"
+        );
+    }
+
+    #[test]
+    fn ids_are_sha256_of_the_token() {
+        assert_eq!(
+            id_of("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct Target {
     pub timeout: Duration,
     /// Upstream opencode's server password (user `opencode`), when one is set.
     pub password: Option<std::sync::Arc<SecretString>>,
+    /// Probe over this unix socket instead of `host:port` (the proxy's private health
+    /// channel, out of reach of the public port's clients).
+    pub unix: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -35,30 +38,62 @@ impl Target {
     }
 }
 
+/// A connected stream with timeouts (TCP or unix).
+trait Conn: Read + Write {
+    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()>;
+}
+
+impl Conn for TcpStream {
+    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(read))?;
+        self.set_write_timeout(Some(write))
+    }
+}
+
+impl Conn for std::os::unix::net::UnixStream {
+    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(read))?;
+        self.set_write_timeout(Some(write))
+    }
+}
+
 /// One HTTP GET with an overall deadline; returns the raw response.
 pub fn get(target: &Target) -> Result<Vec<u8>, String> {
-    let deadline = Instant::now() + target.timeout;
     let host = target.connect_host();
+    if let Some(path) = &target.unix {
+        let stream = std::os::unix::net::UnixStream::connect(path)
+            .map_err(|e| format!("connect {}: {e}", path.display()))?;
+        return exchange(stream, target, "occ-init");
+    }
     let addr: SocketAddr = (host.as_str(), target.port)
         .to_socket_addrs()
         .map_err(|e| format!("bad address {host}: {e}"))?
         .next()
         .ok_or_else(|| format!("no address for {host}"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, target.timeout)
+    let stream = TcpStream::connect_timeout(&addr, target.timeout)
         .map_err(|e| format!("connect {addr}: {e}"))?;
+    let host_header = if host.contains(':') {
+        format!("[{host}]:{}", target.port)
+    } else {
+        format!("{host}:{}", target.port)
+    };
+    exchange(stream, target, &host_header)
+}
+
+/// Send the GET on a connected stream and read the answer, all before the deadline.
+fn exchange(mut stream: impl Conn, target: &Target, host_header: &str) -> Result<Vec<u8>, String> {
+    let deadline = Instant::now() + target.timeout;
     let left = || {
         deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1))
     };
     stream
-        .set_write_timeout(Some(left()))
+        .set_timeouts(left(), left())
         .map_err(|e| e.to_string())?;
     let mut req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}:{}\r\nAccept: application/json\r\nConnection: close\r\nUser-Agent: occ-init\r\n",
+        "GET {} HTTP/1.1\r\nHost: {host_header}\r\nAccept: application/json\r\nConnection: close\r\nUser-Agent: occ-init\r\n",
         target.path,
-        if host.contains(':') { format!("[{host}]") } else { host.clone() },
-        target.port
     );
     if let Some(p) = &target.password {
         req.push_str(&format!(
@@ -74,7 +109,7 @@ pub fn get(target: &Target) -> Result<Vec<u8>, String> {
     let mut chunk = [0u8; 4096];
     loop {
         stream
-            .set_read_timeout(Some(left()))
+            .set_timeouts(left(), left())
             .map_err(|e| e.to_string())?;
         match stream.read(&mut chunk) {
             Ok(0) => break,
@@ -153,23 +188,10 @@ fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// Standard base64 (for the Basic authorization header).
+/// Standard base64 with padding (for the Basic authorization header).
 pub fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 /// Probe once: `Ok` when healthy, else why not.
@@ -274,6 +296,7 @@ mod tests {
             path: "/".into(),
             timeout: Duration::from_secs(1),
             password: None,
+            unix: None,
         };
         assert_eq!(t("0.0.0.0").connect_host(), "127.0.0.1");
         assert_eq!(t("::").connect_host(), "::1");
@@ -305,6 +328,7 @@ mod tests {
             path: "/global/health".into(),
             timeout: Duration::from_secs(5),
             password: Some(std::sync::Arc::new(SecretString::new("pw".into()))),
+            unix: None,
         };
         assert_eq!(probe(&target), Ok(()));
         let req = server.join().unwrap();
@@ -325,6 +349,7 @@ mod tests {
             path: "/".into(),
             timeout: Duration::from_millis(300),
             password: None,
+            unix: None,
         };
         let t = Instant::now();
         assert!(probe(&target).is_err());

@@ -1,6 +1,7 @@
 //! Launching opencode: the service user (looked up before the fork), its environment built
-//! from an allow-list (never occ-init's secrets), the explicit `--hostname`/`--port`, and a
-//! check that the port is free before opencode would die with "Unexpected error".
+//! from an allow-list (never occ-init's secrets), the explicit `--hostname`/`--port`,
+//! `no_new_privs`, and a check that the port is free before opencode would die with
+//! "Unexpected error".
 
 use std::ffi::OsString;
 use std::net::TcpListener;
@@ -157,6 +158,9 @@ pub fn spec(
         env: Some(environment(cfg, user, &parent, password)),
         cwd: Some(workdir(cfg, user)),
         credentials: Some(user.credentials.clone()),
+        // opencode and everything its terminals and agent run can never gain privileges:
+        // no setuid `su`/`sudo` checking passwords behind the rate limiter's back.
+        no_new_privs: true,
         ..SpawnSpec::default()
     }
 }

@@ -669,11 +669,13 @@ impl Users {
                     uid: acct.map(|a| a.uid).or(u.uid),
                     // Locked when either side says so: a lock the manifest asks for counts
                     // even if applying it to /etc failed (fail closed).
+                    // An empty password field in /etc counts as locked too: nobody logs in
+                    // without a password, whatever PAM's `nullok` would allow.
                     locked: u.locked
                         || manifest::is_locked_hash(&u.password_hash)
                         || acct
                             .and_then(|a| a.shadow.as_deref())
-                            .is_some_and(manifest::is_locked_hash),
+                            .is_some_and(|s| s.is_empty() || manifest::is_locked_hash(s)),
                     in_manifest: true,
                     in_etc: acct.is_some(),
                 }
@@ -684,7 +686,10 @@ impl Users {
                 rows.push(UserInfo {
                     name: name.clone(),
                     uid: Some(acct.uid),
-                    locked: acct.shadow.as_deref().is_none_or(manifest::is_locked_hash),
+                    locked: acct
+                        .shadow
+                        .as_deref()
+                        .is_none_or(|s| s.is_empty() || manifest::is_locked_hash(s)),
                     in_manifest: false,
                     in_etc: true,
                 });
