@@ -76,6 +76,8 @@ pub struct Boot {
     /// The random password of opencode's current start behind the proxy (only in opencode's
     /// environment and, as the `Authorization` the proxy sends upstream, on the auth socket).
     upstream_secret: Option<std::sync::Arc<SecretString>>,
+    /// `Basic …` for that password, as the proxy sends it.
+    upstream_authorization: Option<std::sync::Arc<SecretString>>,
     /// The signal state occ-init inherited, which its children get.
     pub child_signals: signals::Inherited,
     /// The user helper process running now, and whom to answer when it is done.
@@ -364,6 +366,7 @@ impl Boot {
             listeners: Vec::new(),
             health,
             upstream_secret: None,
+            upstream_authorization: None,
             child_signals: signals::Inherited::default(),
             user_job: None,
             user_queue: VecDeque::from([(boot_restore, None)]),
@@ -482,12 +485,7 @@ impl Boot {
             reason: self.gate_reason(),
             ready: self.opencode().is_ready(),
             users: self.active_users.len(),
-            upstream_authorization: self.upstream_secret.as_ref().map(|s| {
-                std::sync::Arc::new(SecretString::new(format!(
-                    "Basic {}",
-                    crate::supervise::probe::base64(format!("opencode:{}", s.expose()).as_bytes())
-                )))
-            }),
+            upstream_authorization: self.upstream_authorization.clone(),
         };
         if let Ok(mut g) = shared.gate.lock() {
             *g = view;
@@ -741,6 +739,11 @@ impl Boot {
         let password = match self.cfg.auth {
             AuthMode::Proxy => {
                 self.upstream_secret = new_upstream_secret();
+                self.upstream_authorization = self.upstream_secret.as_ref().map(|s| {
+                    let pair = SecretString::new(format!("opencode:{}", s.expose()));
+                    let basic = crate::supervise::probe::base64(pair.expose().as_bytes());
+                    std::sync::Arc::new(SecretString::new(format!("Basic {basic}")))
+                });
                 self.publish_gate();
                 match &self.upstream_secret {
                     Some(s) => Some(SecretString::new(s.expose().to_string())),
