@@ -531,6 +531,12 @@ fn strangers_cannot_lock_out_a_user_where_she_logged_in_before() {
         .collect();
     let statuses: Vec<u16> = burst.into_iter().map(|b| b.join().unwrap()).collect();
     assert_eq!(statuses, [401; 10]);
+    let log = init.stderr_text();
+    assert_eq!(
+        log.matches("login failed for user \"frank\"").count(),
+        1,
+        "one check for ten identical guesses: {log}"
+    );
     let out = sb.exec(&init, &["status", "--json"], None);
     assert!(
         out.status.success(),

@@ -380,23 +380,29 @@ impl Proxy {
             SecretString::new(password.to_string()),
             client.to_string(),
         );
+        let via = via.to_string();
+        // One check, one log line, however many requests wait for it.
         let verdict = self
             .verifying
             .run(key, move || async move {
-                me.auth.verify(&name, secret.expose(), &from).await
+                let v = me.auth.verify(&name, secret.expose(), &from).await;
+                match &v {
+                    Verdict::Denied => {
+                        log::warn!("login failed for user {name:?} from {from} ({via})")
+                    }
+                    Verdict::Limited { .. } => {
+                        log::warn!("login refused for user {name:?} from {from}: rate limited")
+                    }
+                    Verdict::Valid { .. } | Verdict::Unavailable => {}
+                }
+                v
             })
             .await
             .unwrap_or(Verdict::Unavailable);
         match &verdict {
             Verdict::Valid { fingerprint } => self.remember_login(user, Some(fingerprint.clone())),
-            Verdict::Denied => {
-                log::warn!("login failed for user {user:?} from {client} ({via})");
-                tokio::time::sleep_until((started + FAIL_FLOOR).into()).await;
-            }
-            Verdict::Limited { .. } => {
-                log::warn!("login refused for user {user:?} from {client}: rate limited")
-            }
-            Verdict::Unavailable => {}
+            Verdict::Denied => tokio::time::sleep_until((started + FAIL_FLOOR).into()).await,
+            Verdict::Limited { .. } | Verdict::Unavailable => {}
         }
         verdict
     }
