@@ -486,6 +486,8 @@ impl Boot {
             ready: self.opencode().is_ready(),
             users: self.active_users.len(),
             upstream_authorization: self.upstream_authorization.clone(),
+            upstream: (self.cfg.auth == AuthMode::Proxy)
+                .then(|| format!("127.0.0.1:{}", self.internal_port)),
         };
         if let Ok(mut g) = shared.gate.lock() {
             *g = view;
@@ -694,6 +696,12 @@ impl Boot {
                         _ => server_password(&self.cfg).map(std::sync::Arc::new),
                     },
                     unix: None,
+                    // Behind the proxy, a healthy answer counts only from opencode itself:
+                    // a process from one of its terminals could kill it and take the port.
+                    owner: match self.cfg.auth {
+                        AuthMode::Proxy => self.opencode().pid(),
+                        _ => None,
+                    },
                 }
             }
             // Over the private socket when there is one: a flood on the public port must not
@@ -705,6 +713,7 @@ impl Boot {
                 timeout: self.cfg.health_timeout,
                 password: None,
                 unix: self.health.as_ref().map(|(_, p)| p.clone()),
+                owner: None,
             },
         }
     }
@@ -719,6 +728,20 @@ impl Boot {
 
     /// Start opencode: port check, service user, spawn.
     fn spawn_opencode(&mut self) -> Event {
+        // Behind the proxy, a port picked at boot that someone else took meanwhile (a process
+        // from an opencode terminal) is given up for a fresh one: the proxy follows.
+        if self.cfg.auth == AuthMode::Proxy
+            && self.cfg.internal_port == 0
+            && oc::port_in_use("127.0.0.1", self.internal_port)
+        {
+            let taken = self.internal_port;
+            self.internal_port = pick_internal_port(&self.cfg);
+            log::warn!(
+                "opencode's port {taken} on 127.0.0.1 was taken by another process; opencode moves to {}",
+                self.internal_port
+            );
+            self.publish_gate();
+        }
         let (host, port) = self.cfg.opencode_listen(self.internal_port);
         if oc::port_in_use(&host, port) {
             log::error!(

@@ -8,9 +8,12 @@
 //! window do not shorten it, and the escalation only resets after a whole quiet window.
 //!
 //! Known clients: a client address where a user logged in successfully is remembered for
-//! [`KNOWN_FOR`]. From there her attempts are keyed `user:NAME@ADDR` instead of `user:NAME`,
-//! so strangers' failures charged to `user:NAME` from other addresses cannot lock her out
-//! ([`RateLimiter::keys`]). Unknown addresses stay under the per-user limit.
+//! [`KNOWN_FOR`]. From there her attempts are keyed `user:NAME@ADDR` alone, instead of
+//! `user:NAME` and `client:ADDR`, so strangers' failures cannot lock her out: neither those
+//! charged to her name from other addresses, nor those charged to a shared address (a NAT, an
+//! engine's port forwarding) under other names ([`RateLimiter::keys`]). Guessing her password
+//! there is still limited on the pair. Unknown addresses stay under the per-user and
+//! per-address limits.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -84,19 +87,18 @@ impl RateLimiter {
         }
     }
 
-    /// The keys a login attempt of `user` from `client` is limited on: the client address
-    /// always; the user name alone from an unknown address, the pair from a known one.
+    /// The keys a login attempt of `user` from `client` is limited on: the user name and
+    /// the client address from an unknown address, the pair alone from a known one.
     pub fn keys(&self, user: &str, client: &str, now: Instant) -> Vec<String> {
         let known = self
             .known
             .get(&(user.to_string(), client.to_string()))
             .is_some_and(|at| now.saturating_duration_since(*at) < KNOWN_FOR);
-        let user_key = if known {
-            format!("user:{user}@{client}")
+        if known {
+            vec![format!("user:{user}@{client}")]
         } else {
-            format!("user:{user}")
-        };
-        vec![user_key, format!("client:{client}")]
+            vec![format!("user:{user}"), format!("client:{client}")]
+        }
     }
 
     /// `user` logged in from `client`: the keys start afresh and the address becomes known.
@@ -338,11 +340,26 @@ mod tests {
         let home = rl.keys("carol", "10.0.0.5", t);
         assert_eq!(home[0], "user:carol@10.0.0.5");
         assert_eq!(rl.begin(&home, t), Ok(()));
-        // Guessing from her address is still limited there (the pair and the address).
+        // Guessing from her address is still limited there (on the pair).
         for _ in 0..4 {
             rl.begin(&home, t).unwrap();
         }
         assert!(rl.begin(&home, t).is_err());
+        // Everyone behind one address (a NAT): a spray of other names blocks the address,
+        // not carol where she logged in before.
+        let mut rl = RateLimiter::new(5, secs(60));
+        let nat = "10.88.0.1";
+        let keys = rl.keys("carol", nat, t);
+        rl.begin(&keys, t).unwrap();
+        rl.logged_in("carol", nat, &keys, t);
+        for i in 0..20 {
+            let keys = rl.keys(&format!("m{i}"), nat, t);
+            if rl.begin(&keys, t).is_ok() {
+                rl.failed(&keys, t);
+            }
+        }
+        assert!(rl.begin(&rl.keys("newcomer", nat, t), t).is_err());
+        assert_eq!(rl.begin(&rl.keys("carol", nat, t), t), Ok(()));
         // Known expires.
         let later = t + KNOWN_FOR + secs(1);
         assert_eq!(rl.keys("carol", "10.0.0.5", later)[0], "user:carol");

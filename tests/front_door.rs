@@ -388,20 +388,21 @@ fn inside_the_container_there_is_no_side_door() {
     let mut ws = websocket(port, &format!("/pty/{id}/connect"), &alice).expect("101");
     ws_send(
         &mut ws,
-        "grep NoNewPrivs /proc/self/status; echo NNP-DONE\n",
+        "grep NoNewPrivs /proc/self/status; echo NNP-$((40+2))\n",
     );
-    let out = ws_read_until(&mut ws, "NNP-DONE\r\n", Duration::from_secs(20));
+    // Markers the shell computes: the terminal's echo of the command line has none.
+    let out = ws_read_until(&mut ws, "NNP-42", Duration::from_secs(20));
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
     ws_send(
         &mut ws,
-        "su carol -c 'echo SU-AS-$(id -un)'; echo SU-EXIT-$?\n",
+        "su carol -c 'echo SU-AS-$(id -un)'; echo SU-EXIT-$((6*7))-$?\n",
     );
     let out = ws_read_until(&mut ws, "assword", Duration::from_secs(20));
     if out.contains("assword") {
         ws_send(&mut ws, "carols secret 1\n");
     }
-    let out = ws_read_until(&mut ws, "SU-EXIT-", Duration::from_secs(20));
-    assert!(out.contains("SU-EXIT-"), "{out}");
+    let out = ws_read_until(&mut ws, "SU-EXIT-42-", Duration::from_secs(30));
+    assert!(out.contains("SU-EXIT-42-"), "{out}");
     assert!(
         !out.contains("SU-AS-carol"),
         "su checked carol's password: {out}"
@@ -455,9 +456,28 @@ fn inside_the_container_there_is_no_side_door() {
             "{cmdline}"
         );
     }
-    // And the proxy still gets everyone in, public health included.
+    // And the proxy still gets everyone in, public health included; credentials of a
+    // client's own in opencode's `auth_token` query parameter never reach it.
     assert_eq!(http(port, "GET", "/session", &alice, "").status, 200);
     assert_eq!(http(port, "GET", "/global/health", "", "").status, 200);
+    let wrong = support::http::b64("opencode:wrong");
+    let r = http(
+        port,
+        "GET",
+        &format!("/global/health?auth_token={wrong}"),
+        "",
+        "",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    // opencode's pages cannot be framed by another origin.
+    let r = http(port, "GET", "/", &alice, "");
+    assert_eq!(
+        r.header("x-frame-options").as_deref(),
+        Some("SAMEORIGIN"),
+        "{}",
+        r.head
+    );
+    assert!(r.head.contains("frame-ancestors 'self'"), "{}", r.head);
     drop(init);
     sb.assert_host_untouched();
 }
@@ -469,7 +489,7 @@ fn inside_the_container_there_is_no_side_door() {
 fn strangers_cannot_lock_out_a_user_where_she_logged_in_before() {
     let (sb, port) = proxied(
         &format!("['{CHILD}', 'fake-opencode', '--behavior', 'healthy']"),
-        "",
+        "rate_limit_attempts = 2\n",
     );
     let mut init = sb.boot(&[], &[]);
     add_user(&sb, &init, "carol", "carols secret 1");
@@ -485,18 +505,26 @@ fn strangers_cannot_lock_out_a_user_where_she_logged_in_before() {
         )
     };
     assert_eq!(form("127.0.0.10", "carols secret 1").status, 303);
-    let guesses: Vec<_> = (0..7)
-        .map(|i| {
-            std::thread::spawn(move || {
-                let r = form(&format!("127.0.2.{}", i + 1), &format!("guess {i}"));
-                r.status
-            })
-        })
-        .collect();
-    let statuses: Vec<u16> = guesses.into_iter().map(|g| g.join().unwrap()).collect();
+    // Strangers guess from address after address, waiting out each delay, until carol's
+    // name is blocked for 30 s a try.
+    let mut blocked_for = 0;
+    for i in 0..12 {
+        let r = form(&format!("127.0.2.{}", i + 1), &format!("guess {i}"));
+        match r.status {
+            401 => {}
+            429 => {
+                blocked_for = r.header("retry-after").unwrap().parse::<u64>().unwrap();
+                if blocked_for >= 25 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(blocked_for));
+            }
+            _ => panic!("{r:?}"),
+        }
+    }
     assert!(
-        statuses.iter().all(|s| *s == 401 || *s == 429),
-        "{statuses:?}"
+        blocked_for >= 25,
+        "carol's name is not blocked: {blocked_for}"
     );
     // The limit on her name holds for strangers...
     let r = form("127.0.2.100", "carols secret 1");
@@ -510,9 +538,46 @@ fn strangers_cannot_lock_out_a_user_where_she_logged_in_before() {
         r.status, 303,
         "carol is locked out at her own address: {r:?}"
     );
+    // Everyone behind one address (a NAT, the engine's port forwarding): a spray of other
+    // names from there blocks the address for newcomers, not carol where she logged in.
+    let other = move |name: String| {
+        http_from(
+            "127.0.0.10",
+            port,
+            "POST",
+            "/_occ/login",
+            "Content-Type: application/x-www-form-urlencoded\r\n",
+            &format!("username={name}&password=guess"),
+        )
+    };
+    let mut blocked_for = 0;
+    for i in 0..12 {
+        let r = other(format!("m{i}"));
+        match r.status {
+            401 => {}
+            429 => {
+                blocked_for = r.header("retry-after").unwrap().parse::<u64>().unwrap();
+                if blocked_for >= 25 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(blocked_for));
+            }
+            _ => panic!("{r:?}"),
+        }
+    }
+    assert!(
+        blocked_for >= 25,
+        "the address is not blocked: {blocked_for}"
+    );
+    assert_eq!(other("newcomer".into()).status, 429);
+    let r = form("127.0.0.10", "carols secret 1");
+    assert_eq!(
+        r.status, 303,
+        "a spray from her address locks carol out: {r:?}"
+    );
 
-    // A burst of 10 identical wrong guesses is one check: with 5 attempts allowed, none of
-    // them is rate-limited (checked one by one, the sixth would be).
+    // A burst of 10 identical wrong guesses is one check: with 2 attempts allowed, none of
+    // them is rate-limited (checked one by one, the third would be).
     add_user(&sb, &init, "frank", "franks secret 1");
     let burst: Vec<_> = (0..10)
         .map(|_| {
@@ -764,5 +829,205 @@ fn a_second_occ_init_leaves_the_first_ones_socket_alone() {
     .status
         == 200));
     drop(first);
+    sb.assert_host_untouched();
+}
+
+/// Locking a user ends her sessions even while she sends nothing: a lock, a pause and an
+/// unlock (after a stolen session, say) do not bring the old session back.
+#[test]
+fn a_lock_ends_idle_sessions_for_good() {
+    let (sb, port) = proxied(
+        &format!("['{CHILD}', 'fake-opencode', '--behavior', 'healthy']"),
+        "",
+    );
+    let mut init = sb.boot(&[], &[]);
+    add_user(&sb, &init, "alice", "alice password 1");
+    // bob keeps the gate open while alice is locked.
+    add_user(&sb, &init, "bob", "bobs own secret");
+    init.expect_log_within("opencode is ready", Duration::from_secs(30));
+    assert!(eventually(Duration::from_secs(10), || http(
+        port,
+        "GET",
+        "/_occ/login",
+        "",
+        ""
+    )
+    .status
+        == 200));
+    let cookie = form_login(port, "alice", "alice password 1");
+    assert!(eventually(Duration::from_secs(10), || http(
+        port, "GET", "/x", &cookie, ""
+    )
+    .status
+        == 200));
+    let out = sb.exec(&init, &["user", "lock", "alice"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    // No request of hers meanwhile.
+    std::thread::sleep(Duration::from_secs(3));
+    let out = sb.exec(&init, &["user", "unlock", "alice"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = http(port, "GET", "/x", &cookie, "");
+    assert_eq!(
+        r.status, 401,
+        "the session from before the lock is back: {r:?}"
+    );
+    assert!(init
+        .stderr_text()
+        .contains("ended 1 session(s) of \"alice\""));
+    // She logs in again as usual.
+    let fresh = form_login(port, "alice", "alice password 1");
+    assert_eq!(http(port, "GET", "/x", &fresh, "").status, 200);
+    drop(init);
+    sb.assert_host_untouched();
+}
+
+/// A process started from an opencode terminal (same uid as opencode) kills opencode and
+/// takes its loopback port to serve its own pages at the real origin. The proxy gives it
+/// nothing: no request, no credentials; opencode comes back on a new port and users get the
+/// real one again.
+#[test]
+fn an_impostor_on_opencodes_port_gets_nothing() {
+    let Some(bin) = opencode_bin() else { return };
+    let (sb, port) = proxied(&format!("['{bin}', 'serve']"), "");
+    let mut init = sb.boot(&[], &[]);
+    add_user(&sb, &init, "alice", "alice password 1");
+    init.expect_log_within("opencode is ready", Duration::from_secs(120));
+    let alice = basic("alice", "alice password 1");
+    assert!(eventually(Duration::from_secs(20), || http(
+        port, "GET", "/session", &alice, ""
+    )
+    .status
+        == 200));
+    let st = status_json(&sb, &init);
+    let old = st["opencode"]["listen"].as_str().unwrap().to_string();
+    let old_port: u16 = old.rsplit(':').next().unwrap().parse().unwrap();
+    let log = sb.path("impostor.log");
+    std::fs::write(&log, "").unwrap();
+    // Files the impostor writes (the sandbox's directory is root's).
+    std::fs::write(sb.path("impostor.log.err"), "").unwrap();
+    std::fs::write(
+        sb.path("impostor.py"),
+        r#"import os, signal, socket, sys, time
+port, log, victim = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+os.closerange(3, 4096)
+os.kill(victim, signal.SIGKILL)
+s = None
+for i in range(15000):
+    try:
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port)); s.listen(64); break
+    except OSError:
+        s.close(); s = None; time.sleep(0.002)
+open(log, "a").write("BOUND %s\n" % (s is not None))
+if s is None: sys.exit(1)
+s.settimeout(20)
+while True:
+    try: c, _ = s.accept()
+    except OSError: break
+    data = c.recv(65536)
+    open(log, "a").write("GOT %r\n" % data[:300])
+    c.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 20\r\nConnection: close\r\n\r\n{"impostor":"here"}\n')
+    c.close()
+"#,
+    )
+    .unwrap();
+    for f in ["impostor.log", "impostor.log.err", "impostor.py"] {
+        let _ = std::process::Command::new("chmod")
+            .arg("666")
+            .arg(sb.path(f))
+            .status();
+    }
+    let r = http(
+        port,
+        "POST",
+        "/pty",
+        &format!("{alice}Content-Type: application/json\r\n"),
+        "{}",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut ws = websocket(port, &format!("/pty/{id}/connect"), &alice).expect("101");
+    std::fs::write(
+        sb.path("imp.sh"),
+        format!(
+            "setsid nohup /usr/bin/python3 {} {old_port} {} \"$1\" >{}.err 2>&1 &\n",
+            sb.path("impostor.py").display(),
+            log.display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    let _ = std::process::Command::new("chmod")
+        .arg("644")
+        .arg(sb.path("imp.sh"))
+        .status();
+    // Let the shell come up first, then start the impostor in the background.
+    ws_send(&mut ws, "echo READY-$((6*7))\n");
+    let up = ws_read_until(&mut ws, "READY-42", Duration::from_secs(20));
+    assert!(up.contains("READY-42"), "{up}");
+    ws_send(
+        &mut ws,
+        &format!("sh {} $PPID\n", sb.path("imp.sh").display()),
+    );
+    let _ = ws_read_until(&mut ws, "never", Duration::from_secs(2));
+    drop(ws);
+    let err_file = format!("{}.err", log.display());
+    assert!(
+        eventually(Duration::from_secs(20), || init
+            .stderr_text()
+            .contains("opencode exited")),
+        "opencode was not killed: {} {}",
+        std::fs::read_to_string(&err_file).unwrap_or_default(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // While opencode is down and coming back, alice gets 503 or the real opencode, never
+    // the impostor.
+    let t = Instant::now();
+    let mut real = 0;
+    while t.elapsed() < Duration::from_secs(60) && real < 5 {
+        let r = http(port, "GET", "/session", &alice, "");
+        assert!(!r.body.contains("impostor"), "the impostor answered: {r:?}");
+        match r.status {
+            200 => {
+                assert!(r.body.trim_start().starts_with('['), "{r:?}");
+                real += 1;
+            }
+            503 => {}
+            _ => panic!("{r:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(real, 5, "opencode did not come back");
+    assert!(
+        eventually(Duration::from_secs(45), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("BOUND")),
+        "the impostor is still trying"
+    );
+    // Once more, with the impostor holding the old port.
+    for _ in 0..5 {
+        let r = http(port, "GET", "/session", &alice, "");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.body.trim_start().starts_with('['), "{r:?}");
+    }
+    let seen = std::fs::read_to_string(&log).unwrap();
+    let err = std::fs::read_to_string(format!("{}.err", log.display())).unwrap_or_default();
+    let seen = format!("{seen}{err}");
+    assert!(
+        seen.contains("BOUND True"),
+        "the impostor never got the port: {seen}\n{}\n{}",
+        init.stderr_text(),
+        status_json(&sb, &init)
+    );
+    assert!(!seen.contains("GOT"), "the impostor got requests: {seen}");
+    let st = status_json(&sb, &init);
+    assert_ne!(st["opencode"]["listen"].as_str().unwrap(), old, "{st}");
+    assert!(init
+        .stderr_text()
+        .contains("was taken by another process; opencode moves to"));
+    drop(init);
     sb.assert_host_untouched();
 }

@@ -136,6 +136,8 @@ pub enum AuthRoute {
     State,
     /// Can `name` log in now, and with which login fingerprint?
     User { name: String },
+    /// Everyone who can log in now, with their fingerprints.
+    Users,
     /// Check a password (rate-limited per user and per client address).
     Verify {
         name: String,
@@ -187,6 +189,7 @@ pub fn route_auth(req: &Request) -> Result<AuthRoute, ApiError> {
         ("GET", ["v1", "auth", "state"]) => Ok(AuthRoute::State),
         ("GET", ["v1", "auth", "sessions"]) => Ok(AuthRoute::Sessions),
         ("POST", ["v1", "auth", "sessions"]) => Ok(AuthRoute::SyncSessions(json_body(req)?)),
+        ("GET", ["v1", "auth", "users"]) => Ok(AuthRoute::Users),
         ("GET", ["v1", "auth", "users", name]) => Ok(AuthRoute::User {
             name: name.to_string(),
         }),

@@ -138,6 +138,8 @@ pub struct GateView {
     /// The `Authorization` value opencode's current start accepts (its per-start random
     /// password), for the proxy to send upstream.
     pub upstream_authorization: Option<Arc<SecretString>>,
+    /// Where opencode listens now (`127.0.0.1:PORT`; it moves when its port was taken).
+    pub upstream: Option<String>,
 }
 
 /// A unix socket this process bound. At exit it is removed only if the path still names
@@ -501,9 +503,19 @@ fn handle_auth(route: api::AuthRoute, shared: &Shared) -> Response {
             Ok(ok(
                 200,
                 json!({"gated": gate.reason.is_some(), "reason": gate.reason, "ready": gate.ready,
-                       "users": gate.users,
+                       "users": gate.users, "upstream": gate.upstream,
                        "upstream_authorization": gate.upstream_authorization.as_ref().map(|a| a.expose())}),
             ))
+        }
+        api::AuthRoute::Users => {
+            let all = users_of(shared)?
+                .login_fingerprints()
+                .map_err(|e| api::users_error(&e))?;
+            let map: serde_json::Map<String, serde_json::Value> = all
+                .into_iter()
+                .map(|(name, fp)| (name, serde_json::Value::String(fp.to_string())))
+                .collect();
+            Ok(ok(200, json!({ "users": map })))
         }
         api::AuthRoute::Sessions => {
             let now = Instant::now();

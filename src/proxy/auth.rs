@@ -48,6 +48,8 @@ pub struct GateState {
     pub users: usize,
     /// What to send upstream as `Authorization` (opencode's per-start password).
     pub upstream_authorization: Option<String>,
+    /// Where opencode listens now, when PID 1 says (else `--upstream`).
+    pub upstream: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for GateState {
@@ -56,6 +58,7 @@ impl std::fmt::Debug for GateState {
             .field("reason", &self.reason)
             .field("ready", &self.ready)
             .field("users", &self.users)
+            .field("upstream", &self.upstream)
             .field(
                 "upstream_authorization",
                 &self.upstream_authorization.as_ref().map(|_| "<redacted>"),
@@ -200,6 +203,24 @@ impl AuthClient {
         }
     }
 
+    /// Everyone who can log in now, with their fingerprints (one call for all).
+    pub async fn fingerprints(&self) -> Result<std::collections::HashMap<String, String>, ()> {
+        let a = self
+            .call("GET", "/v1/auth/users", b"", LOOKUP_TIMEOUT)
+            .await
+            .ok_or(())?;
+        if a.status != 200 {
+            return Err(());
+        }
+        #[derive(serde::Deserialize)]
+        struct All {
+            users: std::collections::HashMap<String, String>,
+        }
+        serde_json::from_slice::<All>(&a.body)
+            .map(|a| a.users)
+            .map_err(|_| ())
+    }
+
     /// The gate state.
     pub async fn state(&self) -> Result<GateState, ()> {
         let a = self
@@ -224,6 +245,7 @@ impl AuthClient {
             ready: v["ready"].as_bool().unwrap_or(false),
             users: v["users"].as_u64().unwrap_or(1) as usize,
             upstream_authorization: v["upstream_authorization"].as_str().map(str::to_string),
+            upstream: v["upstream"].as_str().and_then(|a| a.parse().ok()),
         })
     }
 

@@ -179,18 +179,37 @@ pub fn basic_credentials(value: &str) -> Option<(String, String)> {
 }
 
 /// The client address to rate-limit on: the peer, or with `trust_proxy` the address the
-/// trusted proxy in front appended last to `X-Forwarded-For`.
+/// trusted proxy in front appended last to `X-Forwarded-For`. An IPv6 client is its /64
+/// (one host's share: rotating addresses within it is one client), IPv4-mapped addresses are
+/// IPv4.
 pub fn client_address(peer: &str, forwarded_for: Option<&str>, trust_proxy: bool) -> String {
-    if trust_proxy {
-        if let Some(last) = forwarded_for
-            .and_then(|f| f.rsplit(',').next())
-            .map(str::trim)
-            .filter(|a| !a.is_empty() && a.parse::<std::net::IpAddr>().is_ok())
-        {
-            return last.to_string();
-        }
+    let from_proxy = forwarded_for
+        .filter(|_| trust_proxy)
+        .and_then(|f| f.rsplit(',').next())
+        .map(str::trim)
+        .and_then(|a| a.parse::<std::net::IpAddr>().ok());
+    match from_proxy.or_else(|| peer.parse().ok()) {
+        Some(ip) => match super::conn::client_key(ip) {
+            std::net::IpAddr::V6(net) => format!("{net}/64"),
+            v4 => v4.to_string(),
+        },
+        None => peer.to_string(),
     }
-    peer.to_string()
+}
+
+/// A query string without the parameters named `name` (opencode takes `auth_token` in the
+/// query as credentials: clients' own never reach it, the proxy sends opencode's). `None`
+/// when nothing is left.
+pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split('=').next().unwrap_or_default().replace('+', " ");
+            percent_decode_str(&key).decode_utf8_lossy() != name
+        })
+        .collect();
+    let joined = kept.join("&");
+    (!joined.is_empty()).then_some(joined)
 }
 
 /// Whether the client spoke HTTPS to the proxy in front (only believed with `trust_proxy`).
@@ -371,6 +390,28 @@ mod tests {
             "1.2.3.4"
         );
         assert_eq!(client_address("10.0.0.1", Some("junk"), true), "10.0.0.1");
+        assert_eq!(
+            client_address("2001:db8:1:2:aaaa::7", None, false),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(client_address("::ffff:10.0.0.9", None, false), "10.0.0.9");
+        assert_eq!(
+            client_address("10.0.0.1", Some("2001:db8::5"), true),
+            "2001:db8::/64"
+        );
+        assert_eq!(
+            strip_query_param(
+                "a=1&auth_token=x&b=%2F&auth%5Ftoken=y&auth_token",
+                "auth_token"
+            )
+            .as_deref(),
+            Some("a=1&b=%2F")
+        );
+        assert_eq!(strip_query_param("auth_token=x", "auth_token"), None);
+        assert_eq!(
+            strip_query_param("x=auth_token", "auth_token").as_deref(),
+            Some("x=auth_token")
+        );
         assert!(is_https(Some("https"), true));
         assert!(!is_https(Some("https"), false));
         assert!(!is_https(Some("http"), true));

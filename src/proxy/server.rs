@@ -332,23 +332,58 @@ impl Proxy {
         self.fingerprints
             .run(name.clone(), move || async move {
                 let fp = me.auth.fingerprint(&name).await?;
-                me.remember_login(&name, fp.clone());
-                let ended = me
-                    .sessions
-                    .lock()
-                    .map(|mut s| s.revoke_stale(&name, fp.as_deref()))
-                    .unwrap_or_default();
-                if !ended.is_empty() {
-                    log::info!(
-                        "ended {} session(s) of {name:?}: the login changed or is gone",
-                        ended.len()
-                    );
-                    me.queue(|p| p.remove.extend(ended));
-                }
+                me.apply_fingerprint(&name, fp.clone());
                 Ok(fp)
             })
             .await
             .unwrap_or(Err(()))
+    }
+
+    /// `user`'s login fingerprint is `fp` now (`None`: she cannot log in): remembered, and
+    /// her sessions and cached Basic logins from before a change end.
+    fn apply_fingerprint(&self, user: &str, fp: Option<String>) {
+        self.remember_login(user, fp.clone());
+        let ended = self
+            .sessions
+            .lock()
+            .map(|mut s| s.revoke_stale(user, fp.as_deref()))
+            .unwrap_or_default();
+        if !ended.is_empty() {
+            log::info!(
+                "ended {} session(s) of {user:?}: the login changed or is gone",
+                ended.len()
+            );
+            self.queue(|p| p.remove.extend(ended));
+        }
+        if let Ok(mut b) = self.basic.lock() {
+            b.retain(|_, e| e.user != user || Some(&e.fingerprint) == fp.as_ref());
+        }
+    }
+
+    /// Every [`REVALIDATE`], one look-up of everyone's fingerprint for the users who hold a
+    /// session or a cached Basic login: a lock ends them within about a second even while
+    /// they are idle (a lock then an unlock would otherwise bring them back unchanged).
+    async fn revalidate(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(REVALIDATE).await;
+            let mut users: HashSet<String> = self
+                .sessions
+                .lock()
+                .map(|s| s.iter().map(|(_, s)| s.user.clone()).collect())
+                .unwrap_or_default();
+            if let Ok(b) = self.basic.lock() {
+                users.extend(b.values().map(|e| e.user.clone()));
+            }
+            if users.is_empty() {
+                continue;
+            }
+            let Ok(all) = self.auth.fingerprints().await else {
+                continue;
+            };
+            for user in users {
+                self.apply_fingerprint(&user, all.get(&user).cloned());
+            }
+        }
     }
 
     /// Note `user`'s current login fingerprint (`None`: cannot log in) as of now.
@@ -609,6 +644,10 @@ impl Proxy {
             Err(()) => return unavailable("occ-init is not answering; try again shortly"),
         };
         let no_users = gate.users == 0;
+        // Only the opencode PID 1 started and found healthy gets requests: while it starts,
+        // restarts or is replaced (a process that killed it and took its port gets nothing
+        // from here), clients wait.
+        let not_ready = || unavailable("opencode is starting; try again shortly");
         match kind {
             Kind::ProxyHealth => json(
                 StatusCode::OK,
@@ -630,8 +669,10 @@ impl Proxy {
                 serde_json::json!({"error": "not_found"}),
             ),
             // Never upgraded: upgrade headers on the public path are dropped.
+            Kind::PublicHealth if !gate.ready => not_ready(),
             Kind::PublicHealth => self.forward(req, https, peer, &gate, slot, false).await,
             Kind::Opencode => match self.authenticate(req.headers(), &client).await {
+                Auth::User(_) if !gate.ready => not_ready(),
                 Auth::User(user) => {
                     log::trace!("{} {path} as {user:?}", req.method());
                     self.forward(req, https, peer, &gate, slot, true).await
@@ -778,12 +819,17 @@ impl Proxy {
         let websocket = upgrades && is_websocket(req.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let pq = parts
+        // Credentials in the query (opencode's `auth_token`) are the client's: dropped.
+        let pq = match parts
             .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        let Ok(uri) = format!("http://{}{pq}", self.settings.upstream).parse::<hyper::Uri>() else {
+            .query()
+            .map(|q| request::strip_query_param(q, "auth_token"))
+        {
+            Some(Some(q)) => format!("{}?{q}", parts.uri.path()),
+            Some(None) | None => parts.uri.path().to_string(),
+        };
+        let upstream = gate.upstream.unwrap_or(self.settings.upstream);
+        let Ok(uri) = format!("http://{upstream}{pq}").parse::<hyper::Uri>() else {
             return json(
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({"error": "bad_request"}),
@@ -839,7 +885,7 @@ impl Proxy {
         }
         let up_req = Request::from_parts(parts, body);
         let sent = if websocket {
-            self.send_alone(up_req).await
+            self.send_alone(up_req, upstream).await
         } else {
             self.client.request(up_req).await.map_err(|e| e.to_string())
         };
@@ -883,18 +929,29 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::WWW_AUTHENTICATE);
+        // opencode's pages may be framed by no other origin (another port of this host
+        // included): no clickjacking of a logged-in UI.
+        parts
+            .headers
+            .entry("x-frame-options")
+            .or_insert(HeaderValue::from_static("SAMEORIGIN"));
+        parts.headers.append(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'self'"),
+        );
         Response::from_parts(parts, body.boxed())
     }
 
     /// Send one request on an upstream connection of its own (for an upgrade).
-    async fn send_alone(&self, req: Request<Incoming>) -> Result<Response<Incoming>, String> {
-        let stream = tokio::time::timeout(
-            Duration::from_secs(5),
-            TcpStream::connect(self.settings.upstream),
-        )
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+    async fn send_alone(
+        &self,
+        req: Request<Incoming>,
+        upstream: SocketAddr,
+    ) -> Result<Response<Incoming>, String> {
+        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(upstream))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -1074,6 +1131,7 @@ pub async fn serve(
 ) {
     proxy.load_sessions().await;
     tokio::spawn(proxy.clone().sync_sessions());
+    tokio::spawn(proxy.clone().revalidate());
     if let Some(h) = health {
         tokio::spawn(serve_health(h, proxy.clone()));
     }

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 /// Most sessions kept; the least recently used is dropped beyond.
 pub const MAX_SESSIONS: usize = 10_000;
+/// Most sessions of one user; her least recently used is dropped beyond (so one account
+/// logging in over and over cannot push everyone else's sessions out).
+pub const MAX_PER_USER: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -59,6 +62,20 @@ impl Sessions {
             || now.saturating_duration_since(session.created) >= self.max_age
         {
             return;
+        }
+        let mine: Vec<(&String, &Session)> = self
+            .by_token
+            .iter()
+            .filter(|(_, s)| s.user == session.user)
+            .collect();
+        if mine.len() >= MAX_PER_USER {
+            if let Some(oldest) = mine
+                .iter()
+                .min_by_key(|(_, s)| s.last_seen)
+                .map(|(t, _)| (*t).clone())
+            {
+                self.by_token.remove(&oldest);
+            }
         }
         if self.by_token.len() >= MAX_SESSIONS {
             if let Some(oldest) = self
@@ -237,13 +254,31 @@ mod tests {
     }
 
     #[test]
+    fn one_user_cannot_push_the_others_out() {
+        let t = Instant::now();
+        let mut s = Sessions::new(secs(100), secs(100));
+        s.insert("alice".into(), "alice", "f", t);
+        for i in 0..(MAX_SESSIONS + 10) {
+            s.insert(
+                format!("c{i}"),
+                "carol",
+                "f",
+                t + Duration::from_millis(i as u64),
+            );
+        }
+        assert_eq!(s.len(), MAX_PER_USER + 1);
+        assert!(s.get("alice", t + secs(20)).is_some());
+        assert!(s.get("c0", t + secs(20)).is_none(), "carol's oldest went");
+    }
+
+    #[test]
     fn bounded() {
         let t = Instant::now();
         let mut s = Sessions::new(secs(100), secs(100));
         for i in 0..(MAX_SESSIONS + 10) {
             s.insert(
                 format!("t{i}"),
-                "u",
+                &format!("u{}", i % 200),
                 "f",
                 t + Duration::from_millis(i as u64),
             );

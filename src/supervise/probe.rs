@@ -24,6 +24,9 @@ pub struct Target {
     /// Probe over this unix socket instead of `host:port` (the proxy's private health
     /// channel, out of reach of the public port's clients).
     pub unix: Option<std::path::PathBuf>,
+    /// The pid that must own every listening socket on the port (opencode behind the
+    /// proxy): a healthy answer from anyone else is an impostor, not opencode.
+    pub owner: Option<i32>,
 }
 
 impl Target {
@@ -194,9 +197,93 @@ pub fn base64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 
-/// Probe once: `Ok` when healthy, else why not.
+/// Probe once: `Ok` when healthy (and, with an `owner`, answered by that process), else
+/// why not.
 pub fn probe(target: &Target) -> Result<(), String> {
-    judge(&get(target)?)
+    judge(&get(target)?)?;
+    match target.owner {
+        Some(pid) => owned_by(target.port, pid),
+        None => Ok(()),
+    }
+}
+
+/// The inodes of the IPv4/IPv6 sockets listening on `port` (any local address), from the
+/// text of /proc/net/tcp and /proc/net/tcp6.
+pub fn listening_inodes(tables: &[String], port: u16) -> Vec<u64> {
+    let mut out = Vec::new();
+    for table in tables {
+        for line in table.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 || cols[3] != "0A" {
+                continue;
+            }
+            let local_port = cols[1]
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                if let Ok(inode) = cols[9].parse() {
+                    out.push(inode);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The socket inodes among the open files of process `pid`.
+fn socket_inodes(pid: i32, into: &mut std::collections::HashSet<u64>) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return;
+    };
+    for e in dir.flatten() {
+        if let Some(inode) = std::fs::read_link(e.path())
+            .ok()
+            .and_then(|t| t.to_str().map(str::to_string))
+            .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+        {
+            into.insert(inode);
+        }
+    }
+}
+
+/// The process group of `pid` (field 5 of /proc/PID/stat).
+fn pgid_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+/// Every socket listening on `port` belongs to process `pid`, or to a process of its
+/// process group (a wrapper's child). Terminals opencode spawns have sessions and groups of
+/// their own, so a process started there that took the port does not pass.
+fn owned_by(port: u16, pid: i32) -> Result<(), String> {
+    let tables: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .collect();
+    let inodes = listening_inodes(&tables, port);
+    if inodes.is_empty() {
+        return Err(format!("nothing listens on port {port}"));
+    }
+    let mut own = std::collections::HashSet::new();
+    socket_inodes(pid, &mut own);
+    if inodes.iter().any(|i| !own.contains(i)) {
+        for (p, _) in crate::init::procs::process_table() {
+            if p != pid && pgid_of(p) == Some(pid) {
+                socket_inodes(p, &mut own);
+            }
+        }
+    }
+    match inodes.iter().any(|i| !own.contains(i)) {
+        false => Ok(()),
+        true => Err(format!(
+            "another process (not opencode, pid {pid}) listens on port {port}"
+        )),
+    }
 }
 
 /// A worker thread that runs probes and wakes PID 1's loop when a result is ready.
@@ -289,6 +376,24 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_from_another_process_is_not_opencode() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
+            0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1001        0 4242 1 0 100 0 0 10 0\n   \
+            1: 0100007F:1F90 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1001        0 4343 1 0 100 0 0 10 0\n   \
+            2: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0 100 0 0 10 0\n";
+        assert_eq!(listening_inodes(&[tcp.to_string()], 8080), vec![4242]);
+        assert_eq!(listening_inodes(&[tcp.to_string()], 80), vec![77]);
+        assert!(listening_inodes(&[tcp.to_string()], 81).is_empty());
+        // For real: this process owns its listener, and not one of another process.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(owned_by(port, std::process::id() as i32), Ok(()));
+        assert!(owned_by(port, 1).is_err());
+        drop(l);
+        assert!(owned_by(port, std::process::id() as i32).is_err());
+    }
+
+    #[test]
     fn wildcard_addresses_are_probed_over_loopback() {
         let t = |h: &str| Target {
             host: h.into(),
@@ -297,6 +402,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             password: None,
             unix: None,
+            owner: None,
         };
         assert_eq!(t("0.0.0.0").connect_host(), "127.0.0.1");
         assert_eq!(t("::").connect_host(), "::1");
@@ -329,6 +435,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             password: Some(std::sync::Arc::new(SecretString::new("pw".into()))),
             unix: None,
+            owner: None,
         };
         assert_eq!(probe(&target), Ok(()));
         let req = server.join().unwrap();
@@ -350,6 +457,7 @@ mod tests {
             timeout: Duration::from_millis(300),
             password: None,
             unix: None,
+            owner: None,
         };
         let t = Instant::now();
         assert!(probe(&target).is_err());

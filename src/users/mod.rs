@@ -741,21 +741,26 @@ impl Users {
     /// present in /etc, unlocked), else `None`. It changes whenever the password, the lock or
     /// the account changes, so holders of a session can tell that it must end.
     pub fn login_fingerprint(&self, name: &str) -> Result<Option<u64>, UsersError> {
+        Ok(self.login_fingerprints()?.remove(name))
+    }
+
+    /// Every user who can log in now, with her login fingerprint (/etc read once).
+    pub fn login_fingerprints(&self) -> Result<std::collections::HashMap<String, u64>, UsersError> {
         use std::hash::{Hash, Hasher};
         let accounts = self.accounts()?;
-        let active = self
-            .list_with(&accounts)?
-            .into_iter()
-            .any(|r| r.name == name && r.in_etc && !r.locked);
-        if !active {
-            return Ok(None);
+        let mut out = std::collections::HashMap::new();
+        for r in self.list_with(&accounts)? {
+            if !r.in_etc || r.locked {
+                continue;
+            }
+            let Some(acct) = accounts.get(&r.name) else {
+                continue;
+            };
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (r.name.as_str(), acct.uid, acct.shadow.as_deref()).hash(&mut h);
+            out.insert(r.name, h.finish());
         }
-        let Some(acct) = accounts.get(name) else {
-            return Ok(None);
-        };
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (name, acct.uid, acct.shadow.as_deref()).hash(&mut h);
-        Ok(Some(h.finish()))
+        Ok(out)
     }
 
     /// Check a password through PAM service `opencode`. Any failure is the same generic
