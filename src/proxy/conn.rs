@@ -1,5 +1,6 @@
 //! Connections at the proxy, bounded: a cap in all and per client address (an IPv6 /64),
-//! counted over plain and upgraded connections alike ([`Slots`]); timeouts on the socket
+//! counted over plain and upgraded connections alike, where connections without a login make
+//! room for newcomers ([`Slots`]); timeouts on the socket
 //! itself ([`Guarded`]) so a client that stops reading, or leaves a connection silent, loses
 //! its slot; and a refusal that says 503 instead of resetting the connection ([`refuse`]).
 
@@ -53,13 +54,76 @@ impl Full {
     }
 }
 
-/// The connection counts.
+/// Evictions waiting for their connection to close, at most; beyond, a full proxy refuses
+/// (each closes within [`EVICT_GRACE`], so this bounds the extra descriptors).
+const MAX_EVICTING: usize = 1024;
+/// How long an evicted connection may take to close after its FIN.
+pub const EVICT_GRACE: Duration = Duration::from_secs(1);
+
+/// One connection as the counts see it.
+struct Held {
+    client: IpAddr,
+    since: std::time::Instant,
+    /// It carried a request with a valid login: never evicted.
+    authenticated: bool,
+    evicting: bool,
+    evict: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    evicting: usize,
+    per_client: HashMap<IpAddr, usize>,
+    held: HashMap<u64, Held>,
+    next: u64,
+}
+
+impl Counts {
+    /// Ask the oldest connection that never carried a valid login (of `client`, or of
+    /// anyone) to close, to make room. False when there is none.
+    fn evict_oldest(&mut self, client: Option<IpAddr>) -> bool {
+        if self.evicting >= MAX_EVICTING {
+            return false;
+        }
+        let victim = self
+            .held
+            .iter_mut()
+            .filter(|(_, h)| !h.authenticated && !h.evicting)
+            .filter(|(_, h)| client.is_none_or(|c| h.client == c))
+            .min_by_key(|(_, h)| h.since);
+        match victim {
+            Some((_, h)) => {
+                h.evicting = true;
+                h.evict.notify_one();
+                self.evicting += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connections `key` holds, not counting those asked to close.
+    fn of(&self, key: IpAddr) -> usize {
+        let evicting = self
+            .held
+            .values()
+            .filter(|h| h.evicting && h.client == key)
+            .count();
+        self.per_client.get(&key).copied().unwrap_or(0) - evicting
+    }
+}
+
+/// The connection counts. When a cap is reached, the oldest connection that never carried a
+/// valid login makes room (of the same client for the per-client cap, of anyone for the
+/// total): strangers holding connections, behind the same NAT included, cannot keep a user
+/// with a login out. Only when every place is held by logged-in connections is the newcomer
+/// refused.
 pub struct Slots {
     max: usize,
     /// `None`: no per-client limit (behind a trusted proxy every peer is that proxy).
     max_per_client: Option<usize>,
-    total: AtomicUsize,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
+    counts: Mutex<Counts>,
     refusing: AtomicUsize,
 }
 
@@ -67,7 +131,25 @@ pub struct Slots {
 /// an upgraded stream spliced from it) drops it.
 pub struct Slot {
     slots: Arc<Slots>,
-    client: Option<IpAddr>,
+    id: u64,
+    client: IpAddr,
+    evict: Arc<tokio::sync::Notify>,
+}
+
+impl Slot {
+    /// The connection carried a request with a valid login: it is never evicted.
+    pub fn authenticated(&self) {
+        if let Ok(mut c) = self.slots.counts.lock() {
+            if let Some(h) = c.held.get_mut(&self.id) {
+                h.authenticated = true;
+            }
+        }
+    }
+
+    /// Notified when the connection must close to make room.
+    pub fn evicted(&self) -> Arc<tokio::sync::Notify> {
+        self.evict.clone()
+    }
 }
 
 impl Slots {
@@ -75,68 +157,77 @@ impl Slots {
         Arc::new(Slots {
             max: max.max(1),
             max_per_client: max_per_client.map(|m| m.max(1)),
-            total: AtomicUsize::new(0),
-            per_client: Mutex::new(HashMap::new()),
+            counts: Mutex::new(Counts::default()),
             refusing: AtomicUsize::new(0),
         })
     }
 
-    /// Take a place for a connection from `peer`.
+    /// Take a place for a connection from `peer`, making room if a cap is reached.
     pub fn take(self: &Arc<Self>, peer: IpAddr) -> Result<Slot, Full> {
-        if self.total.fetch_add(1, Ordering::SeqCst) >= self.max {
-            self.total.fetch_sub(1, Ordering::SeqCst);
+        let key = client_key(peer);
+        let Ok(mut c) = self.counts.lock() else {
             return Err(Full::All);
-        }
-        let mut client = None;
+        };
         if let Some(limit) = self.max_per_client {
-            let key = client_key(peer);
-            let Ok(mut m) = self.per_client.lock() else {
-                self.total.fetch_sub(1, Ordering::SeqCst);
-                return Err(Full::All);
-            };
-            let n = m.entry(key).or_insert(0);
-            if *n >= limit {
-                drop(m);
-                self.total.fetch_sub(1, Ordering::SeqCst);
+            if c.of(key) >= limit && !c.evict_oldest(Some(key)) {
                 return Err(Full::Client);
             }
-            *n += 1;
-            client = Some(key);
         }
+        if c.total - c.evicting >= self.max && !c.evict_oldest(None) {
+            return Err(Full::All);
+        }
+        c.total += 1;
+        *c.per_client.entry(key).or_insert(0) += 1;
+        let id = c.next;
+        c.next += 1;
+        let evict = Arc::new(tokio::sync::Notify::new());
+        c.held.insert(
+            id,
+            Held {
+                client: key,
+                since: std::time::Instant::now(),
+                authenticated: false,
+                evicting: false,
+                evict: evict.clone(),
+            },
+        );
         Ok(Slot {
             slots: self.clone(),
-            client,
+            id,
+            client: key,
+            evict,
         })
     }
 
     /// Connections held now.
     pub fn total(&self) -> usize {
-        self.total.load(Ordering::SeqCst)
+        self.counts.lock().map(|c| c.total).unwrap_or(0)
     }
 
     /// Connections `peer`'s key holds now.
     pub fn of_client(&self, peer: IpAddr) -> usize {
-        self.per_client
+        self.counts
             .lock()
             .ok()
-            .and_then(|m| m.get(&client_key(peer)).copied())
+            .and_then(|c| c.per_client.get(&client_key(peer)).copied())
             .unwrap_or(0)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(key) = self.client {
-            if let Ok(mut m) = self.slots.per_client.lock() {
-                if let Some(n) = m.get_mut(&key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        m.remove(&key);
-                    }
+        if let Ok(mut c) = self.slots.counts.lock() {
+            if c.held.remove(&self.id).is_some_and(|h| h.evicting) {
+                c.evicting -= 1;
+            }
+            if let Some(n) = c.per_client.get_mut(&self.client) {
+                *n -= 1;
+                if *n == 0 {
+                    c.per_client.remove(&self.client);
                 }
             }
+            c.total -= 1;
         }
-        self.slots.total.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -314,23 +405,61 @@ mod tests {
     use super::*;
 
     #[test]
-    fn per_client_and_total_caps_count_every_holder() {
+    fn caps_count_every_holder_and_strangers_make_room() {
         let slots = Slots::new(3, Some(2));
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let a1 = slots.take(a).unwrap();
         let a2 = slots.take(a).unwrap();
-        assert_eq!(slots.take(a).err(), Some(Full::Client));
+        a2.authenticated();
+        // a's third connection: its oldest one without a login is asked to close.
+        let a3 = slots.take(a).unwrap();
+        a3.authenticated();
+        assert!(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    tokio::time::timeout(Duration::from_millis(100), a1.evicted().notified())
+                        .await
+                        .is_ok()
+                }),
+            "a1 was asked to close"
+        );
+        drop(a1);
+        // Both of a's places hold logins now: nothing to evict, refused.
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(slots.take(mapped).err(), Some(Full::Client), "same client");
         let b1 = slots.take(b).unwrap();
-        assert_eq!(slots.take(b).err(), Some(Full::All));
-        drop(a1);
+        b1.authenticated();
+        assert_eq!(
+            slots.take(b).err(),
+            Some(Full::All),
+            "every place holds a login"
+        );
+        drop(a2);
         assert_eq!(slots.of_client(a), 1);
         let b2 = slots.take(b).unwrap();
-        drop((a2, b1, b2));
+        drop((a3, b1, b2));
         assert_eq!(slots.total(), 0);
-        assert!(slots.per_client.lock().unwrap().is_empty(), "no leftovers");
+        let c = slots.counts.lock().unwrap();
+        assert!(c.per_client.is_empty() && c.held.is_empty() && c.evicting == 0);
+    }
+
+    #[test]
+    fn a_full_proxy_makes_room_from_anyone_without_a_login() {
+        let slots = Slots::new(2, None);
+        let x: IpAddr = "10.0.0.1".parse().unwrap();
+        let y: IpAddr = "10.0.0.2".parse().unwrap();
+        let x1 = slots.take(x).unwrap();
+        let x2 = slots.take(x).unwrap();
+        x2.authenticated();
+        let y1 = slots.take(y).unwrap();
+        y1.authenticated();
+        drop(x1);
+        assert_eq!(slots.take(y).err(), Some(Full::All));
+        drop((x2, y1));
     }
 
     #[test]
@@ -341,11 +470,13 @@ mod tests {
         assert_eq!(client_key(x), client_key(y));
         assert_ne!(client_key(x), client_key(z));
         let slots = Slots::new(10, Some(1));
-        let _x = slots.take(x).unwrap();
+        let x1 = slots.take(x).unwrap();
+        x1.authenticated();
         assert!(slots.take(y).is_err());
         assert!(slots.take(z).is_ok());
         let none = Slots::new(10, None);
         let held: Vec<Slot> = (0..10).map(|_| none.take(x).unwrap()).collect();
+        held.iter().for_each(Slot::authenticated);
         assert_eq!(none.take(x).err(), Some(Full::All));
         drop(held);
     }

@@ -662,7 +662,13 @@ impl Proxy {
                     .unwrap_or_else(|| "/".into());
                 html(StatusCode::OK, pages::login(&next, None, no_users))
             }
-            Kind::LoginSubmit => self.login(req, &client, https, no_users).await,
+            Kind::LoginSubmit => {
+                let r = self.login(req, &client, https, no_users).await;
+                if r.status() == StatusCode::SEE_OTHER {
+                    slot.authenticated();
+                }
+                r
+            }
             Kind::Logout => self.logout(&req, https),
             Kind::OwnNotFound => json(
                 StatusCode::NOT_FOUND,
@@ -672,8 +678,12 @@ impl Proxy {
             Kind::PublicHealth if !gate.ready => not_ready(),
             Kind::PublicHealth => self.forward(req, https, peer, &gate, slot, false).await,
             Kind::Opencode => match self.authenticate(req.headers(), &client).await {
-                Auth::User(_) if !gate.ready => not_ready(),
+                Auth::User(_) if !gate.ready => {
+                    slot.authenticated();
+                    not_ready()
+                }
                 Auth::User(user) => {
+                    slot.authenticated();
                     log::trace!("{} {path} as {user:?}", req.method());
                     self.forward(req, https, peer, &gate, slot, true).await
                 }
@@ -1043,6 +1053,8 @@ impl Proxy {
 /// from it end.
 async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
     let _ = stream.set_nodelay(true);
+    let evicted = slot.evicted();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let slot = Arc::new(slot);
     let io = TokioIo::new(Guarded::new(stream, conn::WRITE_STALL, conn::IDLE));
     let service = service_fn(move |req| {
@@ -1055,8 +1067,20 @@ async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, slot
         .max_buf_size(MAX_HEAD + 8 * 1024)
         .serve_connection(io, service)
         .with_upgrades();
-    if let Err(e) = served.await {
-        log::debug!("connection from {peer}: {e}");
+    // A connection that never carried a login is closed when a newcomer needs its place: a
+    // FIN first (a client that reads sees the end, not a reset), then it goes within
+    // [`conn::EVICT_GRACE`].
+    tokio::pin!(served);
+    tokio::select! {
+        r = &mut served => if let Err(e) = r {
+            log::debug!("connection from {peer}: {e}");
+        },
+        _ = evicted.notified() => {
+            log::debug!("closing a connection from {peer} without a login to make room");
+            // The socket is still open: it lives inside `served`, dropped only below.
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write);
+            let _ = tokio::time::timeout(conn::EVICT_GRACE, served).await;
+        }
     }
 }
 
