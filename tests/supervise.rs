@@ -37,6 +37,7 @@ fn health(port: u16) -> Result<(), String> {
         timeout: Duration::from_secs(2),
         password: None,
         unix: None,
+        owner: None,
     })
 }
 
