@@ -381,7 +381,18 @@ impl Proxy {
                 continue;
             };
             for user in users {
-                self.apply_fingerprint(&user, all.get(&user).cloned());
+                let fp = all.get(&user).cloned();
+                let unchanged = self
+                    .logins
+                    .lock()
+                    .ok()
+                    .and_then(|l| l.get(&user).map(|(old, _)| *old == fp))
+                    .unwrap_or(false);
+                if unchanged {
+                    self.remember_login(&user, fp);
+                } else {
+                    self.apply_fingerprint(&user, fp);
+                }
             }
         }
     }
@@ -435,7 +446,9 @@ impl Proxy {
             .await
             .unwrap_or(Verdict::Unavailable);
         match &verdict {
-            Verdict::Valid { fingerprint } => self.remember_login(user, Some(fingerprint.clone())),
+            Verdict::Valid { fingerprint } => {
+                self.apply_fingerprint(user, Some(fingerprint.clone()))
+            }
             Verdict::Denied => tokio::time::sleep_until((started + FAIL_FLOOR).into()).await,
             Verdict::Limited { .. } | Verdict::Unavailable => {}
         }
