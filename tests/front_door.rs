@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::front::{
-    add_user, opencode_bin, proxied, status_json, websocket, ws_read_until, ws_send,
+    add_user, answers, booted, open_pty, opencode_bin, proxied, status_json, websocket,
+    ws_read_until, ws_send,
 };
 use support::http::{basic, http, Resp};
 use support::sandbox::{host_pid_of, text};
@@ -119,11 +120,13 @@ fn one_address_cannot_take_the_front_door_and_a_restart_logs_nobody_out() {
     add_user(&sb, &init, "bob", "bobs own secret");
     init.expect_log_within("opencode is ready", Duration::from_secs(120));
     let alice = basic("alice", "alice password 1");
-    assert!(eventually(Duration::from_secs(20), || http(
-        port, "GET", "/session", &alice, ""
-    )
-    .status
-        == 200));
+    assert!(answers(
+        port,
+        "/session",
+        &alice,
+        200,
+        Duration::from_secs(20)
+    ));
     let bob = form_login(port, "bob", "bobs own secret");
     assert_eq!(http(port, "GET", "/session", &bob, "").status, 200);
     let st = status_json(&sb, &init);
@@ -172,18 +175,7 @@ fn one_address_cannot_take_the_front_door_and_a_restart_logs_nobody_out() {
     }
 
     // Upgraded connections (terminals) hold their slots too.
-    let r = http(
-        port,
-        "POST",
-        "/pty",
-        &format!("{alice}Content-Type: application/json\r\n"),
-        "{}",
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = open_pty(port, &alice);
     let mut terminals = Vec::new();
     for _ in 0..40 {
         let mut s = connect_from("127.0.0.4", port).unwrap();
@@ -285,16 +277,12 @@ fn one_address_cannot_take_the_front_door_and_a_restart_logs_nobody_out() {
 #[test]
 fn unauthenticated_floods_cost_logged_in_users_nothing() {
     let Some(bin) = opencode_bin() else { return };
-    let (sb, port) = proxied(&format!("['{bin}', 'serve']"), "");
-    let mut init = sb.boot(&[], &[]);
-    add_user(&sb, &init, "alice", "alice password 1");
-    init.expect_log_within("opencode is ready", Duration::from_secs(120));
+    let (sb, init, port) = booted(
+        &format!("['{bin}', 'serve']"),
+        "",
+        &[("alice", "alice password 1")],
+    );
     let alice = basic("alice", "alice password 1");
-    assert!(eventually(Duration::from_secs(20), || http(
-        port, "GET", "/session", &alice, ""
-    )
-    .status
-        == 200));
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));
     let mut flood = Vec::new();
@@ -373,31 +361,15 @@ fn unauthenticated_floods_cost_logged_in_users_nothing() {
 #[test]
 fn inside_the_container_there_is_no_side_door() {
     let Some(bin) = opencode_bin() else { return };
-    let (sb, port) = proxied(&format!("['{bin}', 'serve']"), "");
-    let mut init = sb.boot(&[], &[]);
-    add_user(&sb, &init, "alice", "alice password 1");
-    add_user(&sb, &init, "carol", "carols secret 1");
-    init.expect_log_within("opencode is ready", Duration::from_secs(120));
+    let (sb, init, port) = booted(
+        &format!("['{bin}', 'serve']"),
+        "",
+        &[("alice", "alice password 1"), ("carol", "carols secret 1")],
+    );
     let alice = basic("alice", "alice password 1");
-    assert!(eventually(Duration::from_secs(20), || http(
-        port, "GET", "/session", &alice, ""
-    )
-    .status
-        == 200));
 
     // A terminal through the proxy, as a user would open one.
-    let r = http(
-        port,
-        "POST",
-        "/pty",
-        &format!("{alice}Content-Type: application/json\r\n"),
-        "{}",
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = open_pty(port, &alice);
     let mut ws = websocket(port, &format!("/pty/{id}/connect"), &alice).expect("101");
     ws_send(
         &mut ws,
@@ -668,15 +640,13 @@ fn both_address_families_are_held() {
         );
         let mut init = sb.boot(&[], &[("OCC_HOST", host)]);
         init.expect_log_within("started the proxy", Duration::from_secs(30));
-        assert!(eventually(Duration::from_secs(10), || http(
+        assert!(answers(
             port,
-            "GET",
             "/_occ/health",
             "",
-            ""
-        )
-        .status
-            == 200));
+            200,
+            Duration::from_secs(10)
+        ));
         let uid: u32 = sb
             .passwd_line("opencoder")
             .expect("service user")
@@ -800,11 +770,7 @@ fn a_second_occ_init_leaves_the_first_ones_socket_alone() {
     add_user(&sb, &first, "alice", "alice password 1");
     first.expect_log_within("opencode is ready", Duration::from_secs(30));
     let alice = basic("alice", "alice password 1");
-    assert!(eventually(Duration::from_secs(10), || http(
-        port, "GET", "/x", &alice, ""
-    )
-    .status
-        == 200));
+    assert!(answers(port, "/x", &alice, 200, Duration::from_secs(10)));
     let other_port = support::sandbox::free_port();
     let admin2 = sb.path("run2/admin.sock").display().to_string();
     let port2 = other_port.to_string();
@@ -858,21 +824,15 @@ fn a_lock_ends_idle_sessions_for_good() {
     // bob keeps the gate open while alice is locked.
     add_user(&sb, &init, "bob", "bobs own secret");
     init.expect_log_within("opencode is ready", Duration::from_secs(30));
-    assert!(eventually(Duration::from_secs(10), || http(
+    assert!(answers(
         port,
-        "GET",
         "/_occ/login",
         "",
-        ""
-    )
-    .status
-        == 200));
+        200,
+        Duration::from_secs(10)
+    ));
     let cookie = form_login(port, "alice", "alice password 1");
-    assert!(eventually(Duration::from_secs(10), || http(
-        port, "GET", "/x", &cookie, ""
-    )
-    .status
-        == 200));
+    assert!(answers(port, "/x", &cookie, 200, Duration::from_secs(10)));
     let out = sb.exec(&init, &["user", "lock", "alice"], None);
     assert!(out.status.success(), "{}", text(&out));
     // No request of hers meanwhile.
@@ -901,16 +861,12 @@ fn a_lock_ends_idle_sessions_for_good() {
 #[test]
 fn an_impostor_on_opencodes_port_gets_nothing() {
     let Some(bin) = opencode_bin() else { return };
-    let (sb, port) = proxied(&format!("['{bin}', 'serve']"), "");
-    let mut init = sb.boot(&[], &[]);
-    add_user(&sb, &init, "alice", "alice password 1");
-    init.expect_log_within("opencode is ready", Duration::from_secs(120));
+    let (sb, mut init, port) = booted(
+        &format!("['{bin}', 'serve']"),
+        "",
+        &[("alice", "alice password 1")],
+    );
     let alice = basic("alice", "alice password 1");
-    assert!(eventually(Duration::from_secs(20), || http(
-        port, "GET", "/session", &alice, ""
-    )
-    .status
-        == 200));
     let st = status_json(&sb, &init);
     let old = st["opencode"]["listen"].as_str().unwrap().to_string();
     let old_port: u16 = old.rsplit(':').next().unwrap().parse().unwrap();
@@ -950,18 +906,7 @@ while True:
             .arg(sb.path(f))
             .status();
     }
-    let r = http(
-        port,
-        "POST",
-        "/pty",
-        &format!("{alice}Content-Type: application/json\r\n"),
-        "{}",
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = open_pty(port, &alice);
     let mut ws = websocket(port, &format!("/pty/{id}/connect"), &alice).expect("101");
     std::fs::write(
         sb.path("imp.sh"),

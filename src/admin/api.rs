@@ -150,18 +150,7 @@ pub enum AuthRoute {
     SyncSessions(SessionSync),
 }
 
-/// A session as the proxy hands it to PID 1 (times relative to now: both processes read
-/// the same monotonic clock, but an `Instant` does not travel).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SessionCopy {
-    /// SHA-256 of the cookie's token, never the token.
-    pub id: String,
-    pub user: String,
-    pub fingerprint: String,
-    pub created_ms_ago: u64,
-    pub seen_ms_ago: u64,
-}
+pub use crate::proxy::auth::SessionCopy;
 
 /// Body of `POST /v1/auth/sessions`.
 #[derive(Debug, Default, Deserialize)]

@@ -67,9 +67,12 @@ impl std::fmt::Debug for GateState {
     }
 }
 
-/// A session as PID 1 keeps it (times relative to the call).
+/// A session as the proxy and PID 1 hand it to each other (times relative to the call:
+/// both processes read the same monotonic clock, but an `Instant` does not travel).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SessionCopy {
+    /// SHA-256 of the cookie's token, never the token.
     pub id: String,
     pub user: String,
     pub fingerprint: String,

@@ -302,6 +302,25 @@ impl<S> Guarded<S> {
         None
     }
 
+    /// After a write: progress resets the timers; pending too long is an error.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        match r {
+            Poll::Ready(r) => {
+                self.stall = None;
+                self.last = Instant::now();
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.check_stall(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+        }
+    }
+
     /// A write is pending: has it been stuck too long?
     fn check_stall(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
         let stall = self.write_stall;
@@ -347,17 +366,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, data) {
-            Poll::Ready(r) => {
-                self.stall = None;
-                self.last = Instant::now();
-                Poll::Ready(r)
-            }
-            Poll::Pending => match self.check_stall(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-        }
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.wrote(cx, r)
     }
 
     fn poll_write_vectored(
@@ -365,17 +375,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                self.stall = None;
-                self.last = Instant::now();
-                Poll::Ready(r)
-            }
-            Poll::Pending => match self.check_stall(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-        }
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -178,3 +178,43 @@ pub fn listeners_on(port: u16) -> Vec<String> {
     }
     out
 }
+
+/// Does `port` answer `method path` with `want` within `limit`?
+pub fn answers(port: u16, path: &str, headers: &str, want: u16, limit: Duration) -> bool {
+    super::eventually(limit, || {
+        super::http::http(port, "GET", path, headers, "").status == want
+    })
+}
+
+/// Open a terminal through the proxy (`POST /pty`) with `auth`; its id.
+pub fn open_pty(port: u16, auth: &str) -> String {
+    let r = super::http::http(
+        port,
+        "POST",
+        "/pty",
+        &format!("{auth}Content-Type: application/json\r\n"),
+        "{}",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("pty JSON");
+    v["id"].as_str().expect("pty id").to_string()
+}
+
+/// A sandbox with `command` as opencode behind the proxy, booted, with `users` added and
+/// opencode ready; the first user's Basic login already works.
+pub fn booted(command: &str, extra: &str, users: &[(&str, &str)]) -> (Sandbox, Init, u16) {
+    let (sb, port) = proxied(command, extra);
+    let mut init = sb.boot(&[], &[]);
+    for (name, pw) in users {
+        add_user(&sb, &init, name, pw);
+    }
+    init.expect_log_within("opencode is ready", Duration::from_secs(120));
+    if let Some((name, pw)) = users.first() {
+        let auth = super::http::basic(name, pw);
+        assert!(
+            answers(port, "/session", &auth, 200, Duration::from_secs(20)),
+            "{name} cannot log in"
+        );
+    }
+    (sb, init, port)
+}
