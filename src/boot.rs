@@ -698,8 +698,14 @@ impl Boot {
                     unix: None,
                     // Behind the proxy, a healthy answer counts only from opencode itself:
                     // a process from one of its terminals could kill it and take the port.
-                    owner: match self.cfg.auth {
-                        AuthMode::Proxy => self.opencode().pid(),
+                    owner: match (self.cfg.auth, self.opencode().pid()) {
+                        (AuthMode::Proxy, Some(pid)) => oc::lookup(&self.cfg.service_user)
+                            .ok()
+                            .map(|u| crate::supervise::probe::Owner {
+                                pid,
+                                uid: u.credentials.uid,
+                                gid: u.credentials.gid,
+                            }),
                         _ => None,
                     },
                 }

@@ -555,14 +555,23 @@ fn hostile_clients_do_not_take_the_proxy_down() {
         t.elapsed()
     );
     let _ = n;
-    // Connections beyond the cap get 503 at once.
-    let held: Vec<TcpStream> = (0..8)
+    // At the cap, the oldest connection without a login makes room (nobody here can log
+    // in: PID 1 is unreachable), so a newcomer is answered and one idle holder is closed.
+    let mut held: Vec<TcpStream> = (0..8)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let out = raw(b"GET /_occ/health HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(out.starts_with("HTTP/1.1 503"), "{out:?}");
-    assert!(out.contains("too many connections"), "{out:?}");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    let mut closed = 0;
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        if matches!(s.read(&mut [0u8; 16]), Ok(0)) {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no holder made room");
     drop(held);
     // Still up and answering.
     assert!(eventually(Duration::from_secs(5), || http(
