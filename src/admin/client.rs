@@ -22,6 +22,26 @@ pub enum ClientError {
     Io(String, String),
 }
 
+/// How long a refused connection is retried: PID 1 may be binding its socket right now
+/// (`docker exec … occ-init user add` just after `docker run`).
+const STARTING: Duration = Duration::from_secs(3);
+
+/// Connect, retrying a refused connection for [`STARTING`].
+fn connect(socket: &Path) -> std::io::Result<UnixStream> {
+    let until = std::time::Instant::now() + STARTING;
+    loop {
+        match UnixStream::connect(socket) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < until =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Send one request and return (status, body).
 pub fn request(
     socket: &Path,
@@ -31,7 +51,7 @@ pub fn request(
     timeout: Duration,
 ) -> Result<(u16, String), ClientError> {
     let shown = socket.display().to_string();
-    let mut stream = match UnixStream::connect(socket) {
+    let mut stream = match connect(socket) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ClientError::NotRunning(shown))
