@@ -467,6 +467,26 @@ fn inside_the_container_there_is_no_side_door() {
     sb.assert_host_untouched();
 }
 
+/// Guess (`guess(i)` is the i-th wrong login) and wait out each delay, until a 429 says to
+/// wait at least 25 s; returns that wait (0 when it never came).
+fn guess_until_blocked(mut guess: impl FnMut(usize) -> Resp) -> u64 {
+    for i in 0..12 {
+        let r = guess(i);
+        match r.status {
+            401 => {}
+            429 => {
+                let wait = r.header("retry-after").unwrap().parse::<u64>().unwrap();
+                if wait >= 25 {
+                    return wait;
+                }
+                std::thread::sleep(Duration::from_secs(wait));
+            }
+            _ => panic!("{r:?}"),
+        }
+    }
+    0
+}
+
 /// W3: seven strangers guessing carol's password from seven addresses do not lock her out
 /// where she logged in before (a new address stays limited); identical concurrent wrong
 /// guesses are one check.
@@ -492,21 +512,8 @@ fn strangers_cannot_lock_out_a_user_where_she_logged_in_before() {
     assert_eq!(form("127.0.0.10", "carols secret 1").status, 303);
     // Strangers guess from address after address, waiting out each delay, until carol's
     // name is blocked for 30 s a try.
-    let mut blocked_for = 0;
-    for i in 0..12 {
-        let r = form(&format!("127.0.2.{}", i + 1), &format!("guess {i}"));
-        match r.status {
-            401 => {}
-            429 => {
-                blocked_for = r.header("retry-after").unwrap().parse::<u64>().unwrap();
-                if blocked_for >= 25 {
-                    break;
-                }
-                std::thread::sleep(Duration::from_secs(blocked_for));
-            }
-            _ => panic!("{r:?}"),
-        }
-    }
+    let blocked_for =
+        guess_until_blocked(|i| form(&format!("127.0.2.{}", i + 1), &format!("guess {i}")));
     assert!(
         blocked_for >= 25,
         "carol's name is not blocked: {blocked_for}"
@@ -535,21 +542,7 @@ fn strangers_cannot_lock_out_a_user_where_she_logged_in_before() {
             &format!("username={name}&password=guess"),
         )
     };
-    let mut blocked_for = 0;
-    for i in 0..12 {
-        let r = other(format!("m{i}"));
-        match r.status {
-            401 => {}
-            429 => {
-                blocked_for = r.header("retry-after").unwrap().parse::<u64>().unwrap();
-                if blocked_for >= 25 {
-                    break;
-                }
-                std::thread::sleep(Duration::from_secs(blocked_for));
-            }
-            _ => panic!("{r:?}"),
-        }
-    }
+    let blocked_for = guess_until_blocked(|i| other(format!("m{i}")));
     assert!(
         blocked_for >= 25,
         "the address is not blocked: {blocked_for}"
