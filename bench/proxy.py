@@ -356,7 +356,7 @@ class Runner:
                     f"admin_socket = '{sock}'\nauth_socket = '{d}/proxy/auth.sock'\n"
                     f"users_file = '{d}/users.toml'\nservice_user = 'benchoc'\n"
                     "env = { OPENCODE_DISABLE_AUTOUPDATE = 'true' }\n" + extra)
-        env = {**os.environ, "OCC_CONFIG": f"{d}/init.toml", "OCC_LOG": "warn"}
+        env = {**os.environ, "OCC_CONFIG": f"{d}/init.toml", "OCC_LOG": os.environ.get("BENCH_OCC_LOG", "warn")}
         script = (f'mount --bind "{d}/etc" /etc && mount --bind "{d}/home" /home && '
                   'useradd -m benchoc && exec "$@"')
         log = open(f"{d}/occ-init.log", "w")
