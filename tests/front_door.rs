@@ -37,6 +37,22 @@ fn connect_from(src: &str, port: u16) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
+/// Terminal `id`'s WebSocket from source address `src`, upgraded (101) and held open.
+fn open_terminal(src: &str, port: u16, id: &str, auth: &str) -> TcpStream {
+    let mut s = connect_from(src, port).unwrap();
+    write!(
+        s,
+        "GET /pty/{id}/connect HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n{auth}\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 101", "upgrade");
+    s
+}
+
 fn parse(raw: &[u8]) -> Resp {
     let text = String::from_utf8_lossy(raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
@@ -178,18 +194,7 @@ fn one_address_cannot_take_the_front_door_and_a_restart_logs_nobody_out() {
     let id = open_pty(port, &alice);
     let mut terminals = Vec::new();
     for _ in 0..40 {
-        let mut s = connect_from("127.0.0.4", port).unwrap();
-        write!(
-            s,
-            "GET /pty/{id}/connect HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n{alice}\r\n"
-        )
-        .unwrap();
-        let mut buf = [0u8; 12];
-        s.read_exact(&mut buf).unwrap();
-        assert_eq!(&buf, b"HTTP/1.1 101", "upgrade");
-        terminals.push(s);
+        terminals.push(open_terminal("127.0.0.4", port, &id, &alice));
     }
     let r = http_from("127.0.0.4", port, "GET", "/session", &alice, "");
     assert_eq!(
@@ -203,18 +208,7 @@ fn one_address_cannot_take_the_front_door_and_a_restart_logs_nobody_out() {
     drop(std::mem::take(&mut held));
     for a in 5..8 {
         for _ in 0..40 {
-            let mut s = connect_from(&format!("127.0.0.{a}"), port).unwrap();
-            write!(
-                s,
-                "GET /pty/{id}/connect HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
-                 Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-                 Sec-WebSocket-Version: 13\r\n{alice}\r\n"
-            )
-            .unwrap();
-            let mut buf = [0u8; 12];
-            s.read_exact(&mut buf).unwrap();
-            assert_eq!(&buf, b"HTTP/1.1 101", "upgrade");
-            terminals.push(s);
+            terminals.push(open_terminal(&format!("127.0.0.{a}"), port, &id, &alice));
         }
     }
     let r = http_from("127.0.0.9", port, "GET", "/session", &alice, "");

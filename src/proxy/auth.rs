@@ -206,34 +206,30 @@ impl AuthClient {
         }
     }
 
-    /// Everyone who can log in now, with their fingerprints (one call for all).
-    pub async fn fingerprints(&self) -> Result<std::collections::HashMap<String, String>, ()> {
+    /// The body of a `GET` that PID 1 answered 200.
+    async fn get_ok(&self, path: &str) -> Result<Vec<u8>, ()> {
         let a = self
-            .call("GET", "/v1/auth/users", b"", LOOKUP_TIMEOUT)
+            .call("GET", path, b"", LOOKUP_TIMEOUT)
             .await
             .ok_or(())?;
-        if a.status != 200 {
-            return Err(());
-        }
+        (a.status == 200).then_some(a.body).ok_or(())
+    }
+
+    /// Everyone who can log in now, with their fingerprints (one call for all).
+    pub async fn fingerprints(&self) -> Result<std::collections::HashMap<String, String>, ()> {
         #[derive(serde::Deserialize)]
         struct All {
             users: std::collections::HashMap<String, String>,
         }
-        serde_json::from_slice::<All>(&a.body)
+        serde_json::from_slice::<All>(&self.get_ok("/v1/auth/users").await?)
             .map(|a| a.users)
             .map_err(|_| ())
     }
 
     /// The gate state.
     pub async fn state(&self) -> Result<GateState, ()> {
-        let a = self
-            .call("GET", "/v1/auth/state", b"", LOOKUP_TIMEOUT)
-            .await
-            .ok_or(())?;
-        if a.status != 200 {
-            return Err(());
-        }
-        let v: serde_json::Value = serde_json::from_slice(&a.body).map_err(|_| ())?;
+        let body = self.get_ok("/v1/auth/state").await?;
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| ())?;
         Ok(GateState {
             reason: if v["gated"].as_bool().ok_or(())? {
                 Some(
@@ -254,18 +250,11 @@ impl AuthClient {
 
     /// PID 1's copy of the sessions (at the proxy's start).
     pub async fn sessions(&self) -> Result<Vec<SessionCopy>, ()> {
-        let a = self
-            .call("GET", "/v1/auth/sessions", b"", LOOKUP_TIMEOUT)
-            .await
-            .ok_or(())?;
-        if a.status != 200 {
-            return Err(());
-        }
         #[derive(serde::Deserialize)]
         struct List {
             sessions: Vec<SessionCopy>,
         }
-        serde_json::from_slice::<List>(&a.body)
+        serde_json::from_slice::<List>(&self.get_ok("/v1/auth/sessions").await?)
             .map(|l| l.sessions)
             .map_err(|_| ())
     }
