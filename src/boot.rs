@@ -5,7 +5,7 @@
 //! admin server's wake-up pipes, and the services' next deadline; each service is the same
 //! pure [`Supervisor`] state machine.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,11 +21,14 @@ use crate::config::{AuthMode, Config, Overrides};
 use crate::init::signals::{self, SignalReader};
 use crate::init::state::Lifecycle;
 use crate::init::{self, reap, ForwardTo};
+use crate::instances::Usage;
 use crate::policy::{self, Decision};
 use crate::secret::SecretString;
-use crate::supervise::probe::{Prober, Target};
+use crate::supervise::probe::{Check, Prober, Target};
 use crate::supervise::spawn as oc;
 use crate::supervise::state::{Action, Event, Settings, Supervisor};
+
+mod instances;
 use crate::users::{worker, Bootstrap, Exposure, RestoreReport, Users, UsersConfig};
 
 /// A user change in progress in the helper process.
@@ -42,17 +45,55 @@ const RESTORING: &str =
 /// Name of the pid file beside the admin socket, so `occ-init user …` can notify PID 1.
 pub const PID_FILE: &str = "init.pid";
 
+/// The shared opencode's service name.
+pub const OPENCODE: &str = "opencode";
+/// The proxy's service name.
+pub const PROXY: &str = "proxy";
+
 /// Which process a service is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceKind {
+    /// The one opencode of `instances = shared`, as `service_user`.
     Opencode,
     Proxy,
+    /// A login user's own opencode (`instances = per-user`), as that user.
+    Instance,
 }
 
-/// One supervised process: what it is and its state machine.
+/// One supervised process: what it is, its state machine, and where it listens.
 pub struct Service {
     pub kind: ServiceKind,
     pub sv: Supervisor,
+    /// The Linux user it runs as (an instance's owner; the service user for the shared one).
+    pub user: String,
+    /// opencode's port (on 127.0.0.1 behind the proxy); 0 for the proxy.
+    pub port: u16,
+    /// The random password of opencode's current start behind the proxy (only in its
+    /// environment and, as the `Authorization` the proxy sends, on the auth socket).
+    pub secret: Option<std::sync::Arc<SecretString>>,
+    pub authorization: Option<std::sync::Arc<SecretString>>,
+    /// uid and gid of its current start (only that process may own its port).
+    pub runs_as: Option<(u32, u32)>,
+    /// Requests, terminals and busy sessions (instances).
+    pub usage: Usage,
+    /// Why an instance gave up, and when (shown to its user, retried later).
+    pub failed: Option<(String, Instant)>,
+}
+
+impl Service {
+    fn new(kind: ServiceKind, sv: Supervisor, user: &str, port: u16, now: Instant) -> Service {
+        Service {
+            kind,
+            sv,
+            user: user.to_string(),
+            port,
+            secret: None,
+            authorization: None,
+            runs_as: None,
+            usage: Usage::new(now),
+            failed: None,
+        }
+    }
 }
 
 /// Everything PID 1 knows while it supervises opencode.
@@ -63,21 +104,15 @@ pub struct Boot {
     pub users: Users,
     pub report: RestoreReport,
     pub decision: Decision,
-    /// opencode first, then the proxy when `auth = proxy`.
-    pub services: Vec<Service>,
+    /// The services by name: `proxy`, `opencode` (shared) or `opencode@alice`, … (per
+    /// user; they come and go at run time).
+    pub services: BTreeMap<String, Service>,
     pub started_at: Instant,
-    /// opencode's port on 127.0.0.1 behind the proxy.
-    pub internal_port: u16,
     /// The public listening sockets (both address families), held by PID 1 and handed to
     /// each proxy it starts.
     listeners: Vec<std::net::TcpListener>,
     /// The private socket on which PID 1 probes the proxy (root only), handed to it too.
     health: Option<(std::os::unix::net::UnixListener, PathBuf)>,
-    /// The random password of opencode's current start behind the proxy (only in opencode's
-    /// environment and, as the `Authorization` the proxy sends upstream, on the auth socket).
-    upstream_secret: Option<std::sync::Arc<SecretString>>,
-    /// `Basic …` for that password, as the proxy sends it.
-    upstream_authorization: Option<std::sync::Arc<SecretString>>,
     /// The signal state occ-init inherited, which its children get.
     pub child_signals: signals::Inherited,
     /// The user helper process running now, and whom to answer when it is done.
@@ -90,9 +125,14 @@ pub struct Boot {
     policy_changed: bool,
     /// Login users present and unlocked in /etc (what PAM accepts), for policy and status.
     pub active_users: Vec<String>,
+    /// Their uids (kept after a lock or removal: their processes are ended by uid).
+    login_uids: BTreeMap<String, u32>,
     prober: Prober,
     admin: Option<(Mailbox, std::sync::Arc<Shared>)>,
 }
+
+/// Events for the services, by name.
+type Events = Vec<(String, Event)>;
 
 /// Users that can log in now: present in /etc and unlocked (manifest users, and managed
 /// accounts added while the manifest was read-only). Empty when the manifest is invalid.
@@ -178,11 +218,17 @@ pub fn auth_enforced_by(cfg: &Config, active_users: &[String]) -> &'static str {
     }
 }
 
-/// A free port on 127.0.0.1 for opencode behind the proxy (the kernel picks it).
+/// A free port on 127.0.0.1 for opencode behind the proxy: `internal_port`, else one the
+/// kernel picks.
 fn pick_internal_port(cfg: &Config) -> u16 {
     if cfg.internal_port != 0 {
         return cfg.internal_port;
     }
+    free_port()
+}
+
+/// A port on 127.0.0.1 that is free now (the kernel picks it).
+fn free_port() -> u16 {
     match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
         Ok(a) => a.port(),
         Err(e) => {
@@ -312,14 +358,19 @@ impl Boot {
             }
         };
         let decision = policy::decide(&facts(&cfg, &active_users));
-        let mut services = vec![Service {
-            kind: ServiceKind::Opencode,
-            sv: Supervisor::named("opencode", Settings::from(&cfg)),
-        }];
-        let mut internal_port = cfg.port;
+        let now = Instant::now();
+        let mut services = BTreeMap::new();
+        if !cfg.per_user() {
+            let port = match cfg.auth {
+                AuthMode::Proxy => pick_internal_port(&cfg),
+                _ => cfg.port,
+            };
+            let sv = Supervisor::named(OPENCODE, Settings::from(&cfg));
+            let shared = Service::new(ServiceKind::Opencode, sv, &cfg.service_user, port, now);
+            services.insert(OPENCODE.to_string(), shared);
+        }
         let mut health = None;
         if cfg.auth == AuthMode::Proxy {
-            internal_port = pick_internal_port(&cfg);
             // Without its user or its auth socket the proxy cannot let anyone in; it still
             // runs (answering 503), so nothing is ever served unauthenticated.
             match ensure_proxy_user(&cfg.proxy_user) {
@@ -345,14 +396,14 @@ impl Boot {
                     Err(e) => log::error!("{e}: the proxy cannot be probed privately"),
                 }
             }
-            services.push(Service {
-                kind: ServiceKind::Proxy,
-                sv: Supervisor::named("proxy", proxy_settings(&cfg)),
-            });
+            let sv = Supervisor::named(PROXY, proxy_settings(&cfg));
+            let proxy = Service::new(ServiceKind::Proxy, sv, &cfg.proxy_user, 0, now);
+            services.insert(PROXY.to_string(), proxy);
         }
         let prober = Prober::start().map_err(|e| format!("cannot start the probe thread: {e}"))?;
         Ok(Boot {
             active_users,
+            login_uids: BTreeMap::new(),
             admin,
             config_path,
             overrides,
@@ -361,12 +412,9 @@ impl Boot {
             report,
             decision,
             services,
-            started_at: Instant::now(),
-            internal_port,
+            started_at: now,
             listeners: Vec::new(),
             health,
-            upstream_secret: None,
-            upstream_authorization: None,
             child_signals: signals::Inherited::default(),
             user_job: None,
             user_queue: VecDeque::from([(boot_restore, None)]),
@@ -376,17 +424,28 @@ impl Boot {
         })
     }
 
-    /// opencode's supervisor.
-    pub fn opencode(&self) -> &Supervisor {
-        &self.services[0].sv
+    /// The shared opencode's supervisor (`instances = shared`).
+    pub fn opencode(&self) -> Option<&Supervisor> {
+        self.services.get(OPENCODE).map(|s| &s.sv)
     }
 
     /// The proxy's supervisor, when there is one.
     pub fn proxy(&self) -> Option<&Supervisor> {
-        self.services
-            .iter()
-            .find(|s| s.kind == ServiceKind::Proxy)
-            .map(|s| &s.sv)
+        self.services.get(PROXY).map(|s| &s.sv)
+    }
+
+    /// Is the front door ready: the shared opencode answers, or (per user, where
+    /// instances start on demand) the proxy does and the gate is open.
+    fn ready(&self) -> (bool, String) {
+        match self.opencode() {
+            Some(sv) => (sv.is_ready(), sv.phase_name().to_string()),
+            None if self.gate_reason().is_some() => (false, "gated".into()),
+            None => match self.proxy() {
+                Some(p) if p.is_ready() => (true, "per-user".into()),
+                Some(p) => (false, format!("proxy {}", p.phase_name())),
+                None => (false, "no proxy".into()),
+            },
+        }
     }
 
     /// Log the decision the way an operator needs to read it.
@@ -412,14 +471,23 @@ impl Boot {
     /// SIGHUP: re-read config and manifest, re-decide.
     fn reload(&mut self) {
         match Config::load(self.config_path.as_deref(), &self.overrides) {
-            Ok(cfg) => {
+            Ok(mut cfg) => {
                 if cfg != self.cfg {
                     log::info!("configuration reloaded");
                 }
-                for s in &mut self.services {
+                if cfg.layout() != self.cfg.layout() {
+                    log::warn!(
+                        "instances = {} is kept until the container restarts (asked for {})",
+                        self.cfg.layout().as_str(),
+                        cfg.layout().as_str()
+                    );
+                    cfg.instances = Some(self.cfg.layout());
+                }
+                for s in self.services.values_mut() {
                     s.sv.settings = match s.kind {
                         ServiceKind::Opencode => Settings::from(&cfg),
                         ServiceKind::Proxy => proxy_settings(&cfg),
+                        ServiceKind::Instance => instance_settings(&cfg),
                     };
                 }
                 self.users = Users::new(users_config(&cfg)).keep_unsaved_from(&self.users);
@@ -464,6 +532,7 @@ impl Boot {
             self.decision = decision;
             self.announce();
         }
+        self.end_departed_users();
         self.publish_gate();
     }
 
@@ -476,18 +545,22 @@ impl Boot {
         }
     }
 
-    /// Tell the proxy (through the auth socket's shared state) whether opencode is gated.
+    /// Tell the proxy (through the auth socket's shared state) whether opencode is gated,
+    /// and where the shared one listens with which credentials.
     fn publish_gate(&self) {
         let Some((_, shared)) = &self.admin else {
             return;
         };
+        let oc = self.services.get(OPENCODE);
         let view = admin::GateView {
             reason: self.gate_reason(),
-            ready: self.opencode().is_ready(),
+            ready: self.ready().0,
             users: self.active_users.len(),
-            upstream_authorization: self.upstream_authorization.clone(),
-            upstream: (self.cfg.auth == AuthMode::Proxy)
-                .then(|| format!("127.0.0.1:{}", self.internal_port)),
+            per_user: self.cfg.per_user(),
+            upstream_authorization: oc.and_then(|s| s.authorization.clone()),
+            upstream: oc
+                .filter(|_| self.cfg.auth == AuthMode::Proxy)
+                .map(|s| format!("127.0.0.1:{}", s.port)),
         };
         if let Ok(mut g) = shared.gate.lock() {
             *g = view;
@@ -498,8 +571,63 @@ impl Boot {
     pub fn status(&self) -> crate::status::Status {
         use crate::status::*;
         let now = Instant::now();
-        let sv = self.opencode();
-        let (oc_host, oc_port) = self.cfg.opencode_listen(self.internal_port);
+        let (ready, phase) = self.ready();
+        let oc = self.services.get(OPENCODE);
+        let opencode = match oc {
+            Some(svc) => {
+                let sv = &svc.sv;
+                let (host, port) = self.cfg.opencode_listen(svc.port);
+                Opencode {
+                    state: sv.phase_name().to_string(),
+                    ready: sv.is_ready(),
+                    pid: sv.pid(),
+                    uptime_seconds: sv.started().map(|s| now.duration_since(s).as_secs()),
+                    restarts: sv.restarts,
+                    last_exit_code: sv.last_exit.map(|e| e.code),
+                    last_exit_seconds_ago: sv.last_exit.map(|e| now.duration_since(e.at).as_secs()),
+                    listen: format!("{host}:{port}"),
+                    command: self.cfg.command.clone(),
+                    gate_reason: self.gate_reason(),
+                }
+            }
+            None => Opencode {
+                state: phase,
+                ready,
+                pid: None,
+                uptime_seconds: None,
+                restarts: self.instances().map(|s| s.sv.restarts).sum(),
+                last_exit_code: None,
+                last_exit_seconds_ago: None,
+                listen: "127.0.0.1 (a port per user)".into(),
+                command: self.cfg.command.clone(),
+                gate_reason: self.gate_reason(),
+            },
+        };
+        let wall = |at: Instant| {
+            let t = std::time::SystemTime::now()
+                .checked_sub(now.saturating_duration_since(at))
+                .unwrap_or(std::time::UNIX_EPOCH);
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        let instances = self
+            .services
+            .values()
+            .filter(|s| s.kind != ServiceKind::Proxy)
+            .map(|s| Instance {
+                user: s.user.clone(),
+                state: instances::state_word(s).to_string(),
+                pid: s.sv.pid(),
+                port: if s.sv.pid().is_some() { s.port } else { 0 },
+                started: s.sv.started().map(wall),
+                last_request: (s.kind == ServiceKind::Instance).then(|| wall(s.usage.last_request)),
+                rss_kib: s.sv.pid().and_then(crate::init::procs::group_rss_kib),
+                restarts: s.sv.restarts,
+                terminals: s.usage.open,
+                reason: s.failed.as_ref().map(|(why, _)| why.clone()),
+            })
+            .collect();
         Status {
             version: crate::version::SHORT.to_string(),
             uptime_seconds: now.duration_since(self.started_at).as_secs(),
@@ -512,18 +640,7 @@ impl Boot {
                 listen: format!("{}:{}", self.cfg.host, self.cfg.port),
                 user: self.cfg.proxy_user.clone(),
             }),
-            opencode: Opencode {
-                state: sv.phase_name().to_string(),
-                ready: sv.is_ready(),
-                pid: sv.pid(),
-                uptime_seconds: sv.started().map(|s| now.duration_since(s).as_secs()),
-                restarts: sv.restarts,
-                last_exit_code: sv.last_exit.map(|e| e.code),
-                last_exit_seconds_ago: sv.last_exit.map(|e| now.duration_since(e.at).as_secs()),
-                listen: format!("{oc_host}:{oc_port}"),
-                command: self.cfg.command.clone(),
-                gate_reason: self.gate_reason(),
-            },
+            opencode,
             security: Security {
                 binding: self.cfg.exposure_address().to_string(),
                 network_exposed: self.cfg.exposed(),
@@ -542,11 +659,15 @@ impl Boot {
                 persisted: self.users.store().writable(),
                 error: self.report.manifest_error.clone(),
             },
+            layout: self.cfg.layout().as_str().to_string(),
+            max_instances: self.cfg.max_instances,
+            instance_idle_timeout_seconds: self.cfg.instance_idle_timeout.as_secs(),
+            instances,
         }
     }
 
-    /// Answer what the admin server asked; returns events for the supervisor.
-    fn serve_jobs(&mut self, now: Instant, events: &mut Vec<(usize, Event)>) {
+    /// Answer what the admin server asked; adds events for the services.
+    fn serve_jobs(&mut self, now: Instant, events: &mut Events) {
         let jobs = match &self.admin {
             Some((mailbox, _)) => mailbox.drain(),
             None => return,
@@ -555,21 +676,20 @@ impl Boot {
             let mut job_reply = job.reply;
             let reply = match job.request {
                 LoopRequest::Status => Some(LoopReply::Status(Box::new(self.status()))),
-                LoopRequest::Ready => Some(LoopReply::Ready {
-                    ready: self.opencode().is_ready(),
-                    state: self.opencode().phase_name().to_string(),
-                }),
-                LoopRequest::Restart => {
-                    Some(LoopReply::Restart(if self.opencode().pid().is_some() {
-                        events.push((0, Event::RestartRequested));
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "opencode is not running ({})",
-                            self.opencode().phase_name()
-                        ))
-                    }))
+                LoopRequest::Ready => {
+                    let (ready, state) = self.ready();
+                    Some(LoopReply::Ready { ready, state })
                 }
+                LoopRequest::Restart => Some(LoopReply::Restart(
+                    match self.opencode().map(|sv| (sv.pid(), sv.phase_name())) {
+                        Some((Some(_), _)) => {
+                            events.push((OPENCODE.into(), Event::RestartRequested));
+                            Ok(())
+                        }
+                        Some((None, phase)) => Err(format!("opencode is not running ({phase})")),
+                        None => Err("instances = per-user: restart one user's opencode with `occ-init instance stop USER` (their next request starts it again)".into()),
+                    },
+                )),
                 LoopRequest::User(op) => {
                     // Answered when the helper is done (see `finish_user_job`).
                     let job = op.into_job(&exposure(&self.cfg));
@@ -577,12 +697,20 @@ impl Boot {
                     self.start_user_job();
                     None
                 }
+                LoopRequest::Instances(report) => {
+                    Some(LoopReply::Instances(self.on_report(report, now, events)))
+                }
+                LoopRequest::ListInstances => {
+                    Some(LoopReply::InstanceList(self.status().instances))
+                }
+                LoopRequest::StopInstance(user) => {
+                    Some(LoopReply::Stopped(self.stop_instance(&user, "stopped on request", events)))
+                }
             };
             if let (Some(tx), Some(reply)) = (job_reply, reply) {
                 let _ = tx.send(reply);
             }
         }
-        let _ = now;
     }
 
     /// Start the next queued user change in a helper process, unless one is running.
@@ -640,8 +768,8 @@ impl Boot {
     }
 
     /// Collect the helper's answer when it is there (or kill an overdue helper); then answer
-    /// the caller, re-evaluate the policy and start the next change. Returns events.
-    fn poll_user_job(&mut self, events: &mut Vec<(usize, Event)>) {
+    /// the caller, re-evaluate the policy and start the next change. Adds events.
+    fn poll_user_job(&mut self, events: &mut Events) {
         let Some(job) = self.user_job.as_mut() else {
             return;
         };
@@ -677,35 +805,53 @@ impl Boot {
         }
         if !self.restoring {
             self.reevaluate();
-            events.push((0, Event::Policy(self.decision.allows_launch())));
+            self.policy_changed = true;
         }
         self.start_user_job();
+        let _ = events;
     }
 
-    fn probe_target(&self, kind: ServiceKind) -> Target {
-        match kind {
-            ServiceKind::Opencode => {
-                let (host, port) = self.cfg.opencode_listen(self.internal_port);
+    /// What the bind policy says to every opencode: the shared one is let run or gated;
+    /// per-user instances are stopped when the gate closes (they start on request).
+    fn policy_events(&self) -> Events {
+        let allowed = self.decision.allows_launch() && !self.restoring;
+        let mut out = Vec::new();
+        if self.services.contains_key(OPENCODE) {
+            out.push((OPENCODE.to_string(), Event::Policy(allowed)));
+        }
+        if !allowed {
+            for s in self.instances().filter(|s| s.sv.pid().is_some()) {
+                let why = "the bind policy gates opencode now".to_string();
+                out.push((instances::name_of(s), Event::Stop(why)));
+            }
+        }
+        out
+    }
+
+    fn probe_target(&self, name: &str, check: Check) -> Option<Target> {
+        let svc = self.services.get(name)?;
+        Some(match svc.kind {
+            ServiceKind::Opencode | ServiceKind::Instance => {
+                let (host, port) = self.cfg.opencode_listen(svc.port);
                 Target {
                     host,
                     port,
-                    path: self.cfg.health_path.clone(),
+                    path: match check {
+                        Check::Health => self.cfg.health_path.clone(),
+                        Check::Idle => "/session/status".into(),
+                    },
                     timeout: self.cfg.health_timeout,
                     password: match self.cfg.auth {
-                        AuthMode::Proxy => self.upstream_secret.clone(),
+                        AuthMode::Proxy => svc.secret.clone(),
                         _ => server_password(&self.cfg).map(std::sync::Arc::new),
                     },
                     unix: None,
-                    // Behind the proxy, a healthy answer counts only from opencode itself:
-                    // a process from one of its terminals could kill it and take the port.
-                    owner: match (self.cfg.auth, self.opencode().pid()) {
-                        (AuthMode::Proxy, Some(pid)) => oc::lookup(&self.cfg.service_user)
-                            .ok()
-                            .map(|u| crate::supervise::probe::Owner {
-                                pid,
-                                uid: u.credentials.uid,
-                                gid: u.credentials.gid,
-                            }),
+                    // Behind the proxy, an answer counts only from opencode itself: a
+                    // process from one of its terminals could kill it and take the port.
+                    owner: match (self.cfg.auth, svc.sv.pid(), svc.runs_as) {
+                        (AuthMode::Proxy, Some(pid), Some((uid, gid))) => {
+                            Some(crate::supervise::probe::Owner { pid, uid, gid })
+                        }
                         _ => None,
                     },
                 }
@@ -721,78 +867,92 @@ impl Boot {
                 unix: self.health.as_ref().map(|(_, p)| p.clone()),
                 owner: None,
             },
+        })
+    }
+
+    /// Start service `name` now.
+    fn spawn(&mut self, name: &str) -> Event {
+        match self.services.get(name).map(|s| s.kind) {
+            Some(ServiceKind::Proxy) => self.spawn_proxy(),
+            Some(_) => self.spawn_opencode(name),
+            None => Event::SpawnFailed(1),
         }
     }
 
-    /// Start a service now.
-    fn spawn(&mut self, kind: ServiceKind) -> Event {
-        match kind {
-            ServiceKind::Opencode => self.spawn_opencode(),
-            ServiceKind::Proxy => self.spawn_proxy(),
-        }
-    }
-
-    /// Start opencode: port check, service user, spawn.
-    fn spawn_opencode(&mut self) -> Event {
-        // Behind the proxy, a port picked at boot that someone else took meanwhile (a process
-        // from an opencode terminal) is given up for a fresh one: the proxy follows.
-        if self.cfg.auth == AuthMode::Proxy
-            && self.cfg.internal_port == 0
-            && oc::port_in_use("127.0.0.1", self.internal_port)
+    /// Start an opencode (the shared one or a user's): port check, its user, a fresh
+    /// password behind the proxy, spawn.
+    fn spawn_opencode(&mut self, name: &str) -> Event {
+        let auth = self.cfg.auth;
+        let fixed_port = self.cfg.internal_port != 0;
+        let Some(svc) = self.services.get_mut(name) else {
+            return Event::SpawnFailed(1);
+        };
+        let instance = svc.kind == ServiceKind::Instance;
+        // Behind the proxy, a port that someone else took meanwhile (a process from an
+        // opencode terminal) is given up for a fresh one: the proxy follows. An instance
+        // gets a fresh port at every start.
+        if auth == AuthMode::Proxy
+            && (instance || (!fixed_port && oc::port_in_use("127.0.0.1", svc.port)))
         {
-            let taken = self.internal_port;
-            self.internal_port = pick_internal_port(&self.cfg);
-            log::warn!(
-                "opencode's port {taken} on 127.0.0.1 was taken by another process; opencode moves to {}",
-                self.internal_port
-            );
-            self.publish_gate();
+            let old = svc.port;
+            svc.port = free_port();
+            if !instance {
+                log::warn!(
+                    "opencode's port {old} on 127.0.0.1 was taken by another process; opencode moves to {}",
+                    svc.port
+                );
+            }
         }
-        let (host, port) = self.cfg.opencode_listen(self.internal_port);
+        let (host, port) = self.cfg.opencode_listen(svc.port);
         if oc::port_in_use(&host, port) {
             log::error!(
                 "port {port} on {host} is already in use by another process: opencode cannot listen there"
             );
             return Event::SpawnFailed(1);
         }
-        let user = match oc::lookup(&self.cfg.service_user) {
+        let user = match oc::lookup(&svc.user) {
             Ok(u) => u,
             Err(e) => {
-                log::error!("{e}");
+                log::error!("{name}: {e}");
                 return Event::SpawnFailed(1);
             }
         };
-        // Behind the proxy opencode gets a new random password at every start, so that no
-        // other process in the container (any uid sharing the network namespace) can use
-        // its loopback port; the proxy sends the matching credentials upstream.
-        let password = match self.cfg.auth {
+        // Behind the proxy every start gets a new random password, so that no other process
+        // in the container (any uid sharing the network namespace) can use its loopback
+        // port; the proxy sends the matching credentials upstream.
+        let password = match auth {
             AuthMode::Proxy => {
-                self.upstream_secret = new_upstream_secret();
-                self.upstream_authorization = self.upstream_secret.as_ref().map(|s| {
+                svc.secret = new_upstream_secret();
+                svc.authorization = svc.secret.as_ref().map(|s| {
                     let pair = SecretString::new(format!("opencode:{}", s.expose()));
                     let basic = crate::supervise::probe::base64(pair.expose().as_bytes());
                     std::sync::Arc::new(SecretString::new(format!("Basic {basic}")))
                 });
-                self.publish_gate();
-                match &self.upstream_secret {
+                match &svc.secret {
                     Some(s) => Some(SecretString::new(s.expose().to_string())),
                     None => return Event::SpawnFailed(1),
                 }
             }
             _ => server_password(&self.cfg),
         };
-        let mut spec = oc::spec(&self.cfg, &user, password.as_ref(), (&host, port));
+        svc.runs_as = Some((user.credentials.uid, user.credentials.gid));
+        let mut spec = match (&password, instance) {
+            (Some(pw), true) => oc::instance_spec(&self.cfg, &user, pw, (&host, port)),
+            _ => oc::spec(&self.cfg, &user, password.as_ref(), (&host, port)),
+        };
         spec.signals = self.child_signals;
-        match crate::spawn::spawn_spec(&spec) {
+        let result = crate::spawn::spawn_spec(&spec);
+        self.publish_gate();
+        match result {
             Ok(pid) => {
                 log::info!(
-                    "started opencode (pid {pid}) as {} on {host}:{port}",
-                    user.name,
+                    "started {name} (pid {pid}) as {} on {host}:{port}",
+                    user.name
                 );
                 Event::Spawned(pid.as_raw())
             }
             Err(e) => {
-                log::error!("{e}");
+                log::error!("{name}: {e}");
                 Event::SpawnFailed(e.exit_code())
             }
         }
@@ -832,13 +992,9 @@ impl Boot {
         if let Some((h, _)) = &self.health {
             pass_fds.push(h.as_raw_fd());
         }
+        let upstream = self.services.get(OPENCODE).map(|s| s.port);
         let spec = crate::spawn::SpawnSpec {
-            argv: proxy_argv(
-                &self.cfg,
-                self.internal_port,
-                listen_fds,
-                self.health.is_some(),
-            ),
+            argv: proxy_argv(&self.cfg, upstream, listen_fds, self.health.is_some()),
             env: Some(proxy_env()),
             cwd: Some(PathBuf::from("/")),
             credentials: Some(crate::spawn::Credentials {
@@ -849,6 +1005,7 @@ impl Boot {
             pass_fds,
             no_new_privs: true,
             signals: self.child_signals,
+            make_dirs: Vec::new(),
         };
         match crate::spawn::spawn_spec(&spec) {
             Ok(pid) => {
@@ -867,25 +1024,35 @@ impl Boot {
         }
     }
 
-    /// Feed one event to service `i` and carry out what it asks; `Some(code)` to stop.
-    fn handle(&mut self, i: usize, event: Event, now: Instant) -> Option<i32> {
-        let mut queue: VecDeque<Action> = self.services[i].sv.on(event, now).into();
-        let kind = self.services[i].kind;
+    /// Feed one event to service `name` and carry out what it asks; `Some(code)` to stop.
+    fn handle(&mut self, name: &str, event: Event, now: Instant) -> Option<i32> {
+        let svc = self.services.get_mut(name)?;
+        let kind = svc.kind;
+        let mut queue: VecDeque<Action> = svc.sv.on(event, now).into();
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Spawn => {
-                    let ev = self.spawn(kind);
-                    queue.extend(self.services[i].sv.on(ev, Instant::now()));
+                    let ev = self.spawn(name);
+                    let svc = self.services.get_mut(name)?;
+                    queue.extend(svc.sv.on(ev, Instant::now()));
                 }
-                Action::Probe => self.prober.request(i, self.probe_target(kind)),
+                Action::Probe => {
+                    if let Some(t) = self.probe_target(name, Check::Health) {
+                        self.prober.request(name, Check::Health, t);
+                    }
+                }
                 Action::Signal(pid, sig) => {
                     if kill(Pid::from_raw(-pid), sig).is_err() {
                         let _ = kill(Pid::from_raw(pid), sig);
                     }
                 }
-                // Only opencode's end ends the container; the proxy is always restarted.
-                Action::Exit(code) if kind == ServiceKind::Opencode => return Some(code),
-                Action::Exit(_) => {}
+                // The shared opencode's end ends the container; the proxy is always
+                // restarted; an instance that gives up waits for its user's next request.
+                Action::Exit(code) => match kind {
+                    ServiceKind::Opencode => return Some(code),
+                    ServiceKind::Proxy => {}
+                    ServiceKind::Instance => self.instance_gave_up(name, code, now),
+                },
                 Action::Log {
                     warn: true,
                     message,
@@ -899,22 +1066,29 @@ impl Boot {
         None
     }
 
-    /// The earliest deadline of any service.
+    /// The earliest deadline of any service (and of the instances' idle checks).
     fn deadline(&self) -> Option<Instant> {
-        self.services.iter().filter_map(|s| s.sv.deadline()).min()
+        let services = self.services.values().filter_map(|s| s.sv.deadline());
+        services.chain(self.instances_deadline()).min()
     }
 
     /// Hand over to the PID-1 stop sequence and return the exit code.
     fn finish(&self, reader: &mut SignalReader, stop_signal: Option<i32>, code: i32) -> i32 {
         let now = Instant::now();
         let grace = self.cfg.stop_grace;
-        // The proxy goes first: no new requests while opencode stops. Whatever is left when
-        // the sequence ends is killed with the rest of the descendants.
-        if let Some(pid) = self.proxy().and_then(Supervisor::pid) {
+        // The proxy goes first (no new requests while opencode stops), then every user's
+        // opencode gets TERM. Whatever is left when the grace period ends is killed with the
+        // rest of the descendants.
+        let group_term = |pid: i32| {
             let _ = kill(Pid::from_raw(-pid), Signal::SIGTERM);
+        };
+        if let Some(pid) = self.proxy().and_then(Supervisor::pid) {
+            group_term(pid);
         }
-        let main = self.opencode().pid();
-        match (main, stop_signal) {
+        for pid in self.instances().filter_map(|s| s.sv.pid()) {
+            group_term(pid);
+        }
+        match (self.opencode().and_then(Supervisor::pid), stop_signal) {
             (Some(pid), Some(sig)) => {
                 let mut life = Lifecycle::new(pid, grace);
                 for action in life.on_signal(sig, now) {
@@ -922,6 +1096,14 @@ impl Boot {
                 }
                 init::drive(reader, life, Pid::from_raw(pid), ForwardTo::Group)
             }
+            // Per user there is no one child whose status to return: a stop by signal
+            // exits 128+N, as it would with the shared opencode.
+            (None, Some(sig)) if self.cfg.per_user() => init::drive(
+                reader,
+                Lifecycle::without_child(128 + sig, grace, now),
+                Pid::from_raw(0),
+                ForwardTo::Group,
+            ),
             _ => init::drive(
                 reader,
                 Lifecycle::without_child(code, grace, now),
@@ -931,93 +1113,102 @@ impl Boot {
         }
     }
 
-    /// The loop.
+    /// Drain the signalfd: a stop signal is returned; SIGHUP reloads; others are forwarded
+    /// to the shared opencode's group.
+    fn read_signals(&mut self, reader: &mut SignalReader) -> Option<i32> {
+        loop {
+            match reader.pending() {
+                Ok(Some(sig)) if signals::is_stop_signal(sig) => {
+                    log::info!(
+                        "received {}, stopping (grace period {})",
+                        signals::name(sig),
+                        crate::duration::display(self.cfg.stop_grace)
+                    );
+                    return Some(sig);
+                }
+                Ok(Some(libc::SIGHUP)) => {
+                    log::info!("received SIGHUP: re-reading configuration and users");
+                    self.reload();
+                    self.policy_changed = true;
+                }
+                Ok(Some(libc::SIGCHLD)) => {}
+                Ok(Some(sig)) => {
+                    if let Some(pid) = self.opencode().and_then(Supervisor::pid) {
+                        init::forward(sig, Pid::from_raw(pid), ForwardTo::Group);
+                    }
+                }
+                Ok(None) => return None,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("reading signalfd failed: {e}");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Block until a signal, a probe result, an admin request, the user helper or the next
+    /// deadline.
+    fn wait(&self, reader: &SignalReader) {
+        let mut fds = vec![
+            PollFd::new(reader.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.prober.as_fd(), PollFlags::POLLIN),
+        ];
+        if let Some((mailbox, _)) = &self.admin {
+            fds.push(PollFd::new(mailbox.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(job) = &self.user_job {
+            fds.push(PollFd::new(job.running.as_fd(), PollFlags::POLLIN));
+        }
+        let helper = self
+            .user_job
+            .as_ref()
+            .map(|j| j.running.started + worker::HELPER_TIMEOUT);
+        init::wait_any(&mut fds, self.deadline().into_iter().chain(helper).min());
+    }
+
+    /// The loop: every wake-up turns signals, exits, probe results, admin requests and
+    /// the user helper's answer into events for the services, by name.
     pub fn run(&mut self, reader: &mut SignalReader) -> i32 {
         write_pid_file(&self.cfg);
         // The boot's restore first (in the helper); opencode's first Policy event follows it.
         self.start_user_job();
         self.publish_gate();
         // The proxy runs whatever the policy says: while gated it shows how to add a user.
-        for i in 1..self.services.len() {
-            self.handle(i, Event::Policy(true), Instant::now());
-        }
+        self.handle(PROXY, Event::Policy(true), Instant::now());
         loop {
-            {
-                let mut fds = vec![
-                    PollFd::new(reader.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.prober.as_fd(), PollFlags::POLLIN),
-                ];
-                if let Some((mailbox, _)) = &self.admin {
-                    fds.push(PollFd::new(mailbox.as_fd(), PollFlags::POLLIN));
-                }
-                if let Some(job) = &self.user_job {
-                    fds.push(PollFd::new(job.running.as_fd(), PollFlags::POLLIN));
-                }
-                let helper_deadline = self
-                    .user_job
-                    .as_ref()
-                    .map(|j| j.running.started + worker::HELPER_TIMEOUT);
-                let deadline = self.deadline().into_iter().chain(helper_deadline).min();
-                init::wait_any(&mut fds, deadline);
+            self.wait(reader);
+            if let Some(sig) = self.read_signals(reader) {
+                let code = self
+                    .opencode()
+                    .and_then(|sv| sv.last_exit)
+                    .map_or(0, |e| e.code);
+                return self.finish(reader, Some(sig), code);
             }
             let now = Instant::now();
-            let mut events = Vec::new();
-            loop {
-                match reader.pending() {
-                    Ok(Some(sig)) if signals::is_stop_signal(sig) => {
-                        log::info!(
-                            "received {}, stopping (grace period {})",
-                            signals::name(sig),
-                            crate::duration::display(self.cfg.stop_grace)
-                        );
-                        let code = self.opencode().last_exit.map(|e| e.code).unwrap_or(0);
-                        return self.finish(reader, Some(sig), code);
-                    }
-                    Ok(Some(libc::SIGHUP)) => {
-                        log::info!("received SIGHUP: re-reading configuration and users");
-                        self.reload();
-                        if !self.restoring {
-                            events.push((0, Event::Policy(self.decision.allows_launch())));
-                        }
-                    }
-                    Ok(Some(libc::SIGCHLD)) => {}
-                    Ok(Some(sig)) => {
-                        if let Some(pid) = self.opencode().pid() {
-                            init::forward(sig, Pid::from_raw(pid), ForwardTo::Group);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => {
-                        log::warn!("reading signalfd failed: {e}");
-                        break;
-                    }
-                }
-            }
+            let mut events: Events = Vec::new();
             for (pid, code) in reap::reap_all().exited {
-                if let Some(i) = self.services.iter().position(|s| s.sv.pid() == Some(pid)) {
-                    events.push((i, Event::Exited { pid, code }));
+                if let Some((name, _)) = self.services.iter().find(|(_, s)| s.sv.pid() == Some(pid))
+                {
+                    events.push((name.clone(), Event::Exited { pid, code }));
                 }
             }
-            for (i, result) in self.prober.results() {
-                if let Err(why) = &result {
-                    log::debug!("{} health probe failed: {why}", self.services[i].sv.name);
-                }
-                events.push((i, Event::Probe { ok: result.is_ok() }));
+            for (name, check, result) in self.prober.results() {
+                self.probed(name, check, result, now, &mut events);
             }
             self.serve_jobs(now, &mut events);
             self.poll_user_job(&mut events);
             if std::mem::take(&mut self.policy_changed) {
-                events.push((0, Event::Policy(self.decision.allows_launch())));
+                events.extend(self.policy_events());
             }
-            for i in 0..self.services.len() {
-                events.push((i, Event::Tick));
-            }
-            for (i, ev) in events {
-                if let Some(code) = self.handle(i, ev, now) {
+            self.instances_tick(now, &mut events);
+            events.extend(self.services.keys().map(|n| (n.clone(), Event::Tick)));
+            for (name, ev) in events {
+                if let Some(code) = self.handle(&name, ev, now) {
                     return self.finish(reader, None, code);
                 }
             }
+            self.remove_stopped_instances();
             // Readiness may have changed: what the proxy shows follows, once per wake-up.
             self.publish_gate();
         }
@@ -1037,11 +1228,21 @@ fn proxy_settings(cfg: &Config) -> Settings {
     s
 }
 
+/// Supervision settings for a user's opencode: like the shared one's, but a crash loop
+/// gives up (its user is told why; other users are unaffected) instead of ending the
+/// container.
+fn instance_settings(cfg: &Config) -> Settings {
+    let mut s = Settings::from(cfg);
+    s.restart = crate::config::RestartPolicy::Always;
+    s.crash_loop_action = crate::config::CrashLoopAction::Exit;
+    s
+}
+
 /// The proxy's command line (nothing secret on it): `listen_fds` public sockets from fd 3
 /// on, then the health socket when there is one.
 pub fn proxy_argv(
     cfg: &Config,
-    internal_port: u16,
+    upstream: Option<u16>,
     listen_fds: usize,
     health: bool,
 ) -> Vec<std::ffi::OsString> {
@@ -1054,8 +1255,11 @@ pub fn proxy_argv(
         v.push("--health-fd".into());
         v.push((3 + listen_fds).to_string().into());
     }
+    if let Some(port) = upstream {
+        v.push("--upstream".into());
+        v.push(format!("127.0.0.1:{port}").into());
+    }
     for (k, val) in [
-        ("--upstream", format!("127.0.0.1:{internal_port}")),
         ("--auth-socket", cfg.auth_socket.display().to_string()),
         ("--public-health", cfg.public_health.to_string()),
         ("--trust-proxy", cfg.trust_proxy.to_string()),
@@ -1072,6 +1276,10 @@ pub fn proxy_argv(
             cfg.max_connections_per_client.to_string(),
         ),
         ("--max-connections", cfg.max_connections.to_string()),
+        (
+            "--instance-start-timeout",
+            crate::duration::display(cfg.instance_start_timeout),
+        ),
     ] {
         v.push(k.into());
         v.push(val.into());

@@ -45,6 +45,26 @@ pub enum AuthMode {
     None,
 }
 
+/// How many opencode processes serve the container's users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Instances {
+    /// Every login user gets an opencode of their own, started on demand as that Linux user
+    /// (needs `auth = proxy`: only the proxy knows who is asking).
+    PerUser,
+    /// One opencode as `service_user` for everyone.
+    Shared,
+}
+
+impl Instances {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Instances::PerUser => "per-user",
+            Instances::Shared => "shared",
+        }
+    }
+}
+
 impl AuthMode {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -126,6 +146,18 @@ pub struct Config {
     pub max_connections_per_client: u32,
     /// Connections the proxy serves at once in all; more get 503.
     pub max_connections: u32,
+    /// `per-user` (one opencode per login user, as that user) or `shared` (one opencode as
+    /// `service_user`). Unset: `per-user` with `auth = proxy`, else `shared`.
+    pub instances: Option<Instances>,
+    /// A user's opencode is stopped after this long without a request (and without a busy
+    /// session or an open terminal); `0` never stops it.
+    #[serde(with = "dur")]
+    pub instance_idle_timeout: Duration,
+    /// Most per-user opencode instances running at once.
+    pub max_instances: u32,
+    /// How long an API client's first request waits for its user's opencode to start.
+    #[serde(with = "dur")]
+    pub instance_start_timeout: Duration,
     pub rate_limit_attempts: u32,
     pub rate_limit_window_seconds: u64,
     pub restart: RestartPolicy,
@@ -189,6 +221,10 @@ impl Default for Config {
             trusted_origins: Vec::new(),
             max_connections_per_client: 256,
             max_connections: 4096,
+            instances: None,
+            instance_idle_timeout: Duration::from_secs(3600),
+            max_instances: 16,
+            instance_start_timeout: Duration::from_secs(30),
             rate_limit_attempts: 5,
             rate_limit_window_seconds: 60,
             restart: RestartPolicy::Always,
@@ -256,6 +292,10 @@ const KEYS: &[&str] = &[
     "trusted_origins",
     "max_connections_per_client",
     "max_connections",
+    "instances",
+    "instance_idle_timeout",
+    "max_instances",
+    "instance_start_timeout",
     "rate_limit_attempts",
     "rate_limit_window_seconds",
     "restart",
@@ -439,6 +479,21 @@ impl Config {
                 "max_connections and max_connections_per_client must be at least 1".into(),
             );
         }
+        if self.instances == Some(Instances::PerUser) && self.auth != AuthMode::Proxy {
+            return bad(
+                "instances",
+                format!(
+                    "per-user needs auth = proxy (with auth = {} nothing knows which user is asking); use shared",
+                    self.auth.as_str()
+                ),
+            );
+        }
+        if self.max_instances == 0 {
+            return bad("max_instances", "must be at least 1".into());
+        }
+        if self.instance_start_timeout.is_zero() {
+            return bad("instance_start_timeout", "must be above zero".into());
+        }
         if !self.health_path.starts_with('/') {
             return bad("health_path", "must start with /".into());
         }
@@ -465,6 +520,8 @@ impl Config {
             ("stop_grace", self.stop_grace),
             ("session_idle_timeout", self.session_idle_timeout),
             ("session_max_age", self.session_max_age),
+            ("instance_idle_timeout", self.instance_idle_timeout),
+            ("instance_start_timeout", self.instance_start_timeout),
         ] {
             if d > year {
                 return bad(key, "must be at most a year".into());
@@ -480,6 +537,20 @@ impl Config {
             return bad("rate_limit_window_seconds", "must be at most a year".into());
         }
         Ok(())
+    }
+
+    /// The instance layout in effect: as set, else `per-user` behind the proxy.
+    pub fn layout(&self) -> Instances {
+        match (self.instances, self.auth) {
+            (Some(i), _) => i,
+            (None, AuthMode::Proxy) => Instances::PerUser,
+            (None, _) => Instances::Shared,
+        }
+    }
+
+    /// One opencode per user?
+    pub fn per_user(&self) -> bool {
+        self.layout() == Instances::PerUser
     }
 
     /// Address and port opencode itself listens on: 127.0.0.1 and `port` (the internal
@@ -556,6 +627,7 @@ fn env_value(name: &str, key: &str, raw: &str) -> Result<toml::Value, ConfigErro
         | "crash_loop_exits"
         | "max_connections_per_client"
         | "max_connections"
+        | "max_instances"
         | "health_failures" => toml::Value::Integer(
             raw.trim()
                 .parse::<i64>()
@@ -757,6 +829,7 @@ mod tests {
             bind_address: Some("::1".into()),
             server_password_file: Some("/p".into()),
             proxy_command: Some("/usr/local/bin/occ-proxy".into()),
+            instances: Some(Instances::Shared),
             ..Config::default()
         }
         .render()

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod init;
+pub mod instances;
 pub mod listen;
 pub mod logging;
 pub mod manifest;

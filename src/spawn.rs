@@ -74,6 +74,18 @@ pub struct SpawnSpec {
     pub no_new_privs: bool,
     /// The signal state the child starts with (what occ-init itself inherited).
     pub signals: crate::init::signals::Inherited,
+    /// Directories made (as the child's user, once privileges are dropped, so nothing of
+    /// the user's can redirect root's hand) before it enters `cwd`: path and mode. One that
+    /// exists already is kept, and put to the mode when `private` (the user's TMPDIR).
+    pub make_dirs: Vec<DirSpec>,
+}
+
+/// A directory the child makes for itself (see [`SpawnSpec::make_dirs`]).
+#[derive(Debug, Clone)]
+pub struct DirSpec {
+    pub path: std::path::PathBuf,
+    pub mode: u32,
+    pub private: bool,
 }
 
 /// Start `argv` as a child in its own process group (inheriting the environment minus
@@ -120,12 +132,23 @@ pub fn spawn_spec(spec: &SpawnSpec) -> Result<Pid, SpawnError> {
         ),
         None => None,
     };
+    let mut dirs = Vec::new();
+    for d in &spec.make_dirs {
+        let c = std::ffi::CString::new(d.path.as_os_str().as_encoded_bytes()).map_err(|_| {
+            SpawnError::Other {
+                cmd: program.to_string_lossy().into_owned(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "NUL in a directory"),
+            }
+        })?;
+        dirs.push((c, d.mode as libc::mode_t, d.private));
+    }
     let creds = spec.credentials.clone();
     let pass_fds = spec.pass_fds.clone();
     let no_new_privs = spec.no_new_privs;
     let inherited = spec.signals;
     // SAFETY: the closure only makes async-signal-safe system calls (setpgid, isatty,
-    // tcsetpgrp, rt_sigaction, sigprocmask, dup2, fcntl, prctl, setgroups, setgid, setuid);
+    // tcsetpgrp, rt_sigaction, sigprocmask, dup2, fcntl, prctl, setgroups, setgid, setuid,
+    // mkdir, chmod, chdir);
     // the group and descriptor lists were allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
@@ -151,6 +174,16 @@ pub fn spawn_spec(spec: &SpawnSpec) -> Result<Pid, SpawnError> {
                     || libc::setgid(c.gid) != 0
                     || libc::setuid(c.uid) != 0
                 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (dir, mode, private) in &dirs {
+                if libc::mkdir(dir.as_ptr(), *mode) != 0
+                    && *libc::__errno_location() != libc::EEXIST
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                if *private && libc::chmod(dir.as_ptr(), *mode) != 0 {
                     return Err(io::Error::last_os_error());
                 }
             }

@@ -13,6 +13,41 @@ pub struct Status {
     pub proxy: Option<ProxyStatus>,
     pub security: Security,
     pub users: UsersStatus,
+    /// `per-user` or `shared`.
+    #[serde(default)]
+    pub layout: String,
+    /// Most per-user instances at once.
+    #[serde(default)]
+    pub max_instances: u32,
+    /// Idle instances stop after this many seconds (0: never).
+    #[serde(default)]
+    pub instance_idle_timeout_seconds: u64,
+    /// The opencode processes: each user's own (per-user), or the shared one.
+    #[serde(default)]
+    pub instances: Vec<Instance>,
+}
+
+/// One opencode process and whom it serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The Linux user it runs as.
+    pub user: String,
+    /// starting, ready, unhealthy, restarting, backoff, stopping, failed
+    pub state: String,
+    pub pid: Option<i32>,
+    /// Its port on 127.0.0.1 (behind the proxy).
+    pub port: u16,
+    /// When the running process started (Unix time, seconds).
+    pub started: Option<u64>,
+    /// When the proxy last relayed a request for it (Unix time, seconds).
+    pub last_request: Option<u64>,
+    /// Resident memory of its process group.
+    pub rss_kib: Option<u64>,
+    pub restarts: u32,
+    /// Open terminal WebSockets.
+    pub terminals: u32,
+    /// Why it is not running (it gave up), when it is not.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +130,19 @@ pub fn render(s: &Status, color: bool) -> String {
         s.version,
         ago(s.uptime_seconds)
     ));
+    if s.layout == "per-user" {
+        let idle = match s.instance_idle_timeout_seconds {
+            0 => "never stopped when idle".to_string(),
+            n => format!("stopped after {} idle", ago(n)),
+        };
+        out.push_str(&format!(
+            "Instances:   per-user: each login user's own opencode, as that user, started on demand\n             {} running, at most {}, {idle}\n",
+            s.instances.iter().filter(|i| i.pid.is_some()).count(),
+            s.max_instances
+        ));
+    } else if !s.layout.is_empty() {
+        out.push_str("Instances:   shared: one opencode for every user\n");
+    }
     let state = match o.state.as_str() {
         "ready" => green("ready"),
         "gated" | "stopped" => red(&o.state),
@@ -127,6 +175,49 @@ pub fn render(s: &Status, color: bool) -> String {
     if let Some(why) = &o.gate_reason {
         out.push_str(&format!("Gate:        {}\n", red("CLOSED")));
         out.push_str(&format!("             {why}\n"));
+    }
+    if !s.instances.is_empty() {
+        out.push_str(&format!(
+            "\n{:<16} {:<11} {:>8} {:>6} {:>8} {:>13} {:>9}\n",
+            "USER", "STATE", "PID", "PORT", "UP", "LAST REQUEST", "RSS"
+        ));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let dash = || "-".to_string();
+        for i in &s.instances {
+            let state = match i.state.as_str() {
+                "ready" => green("ready"),
+                "failed" => red("failed"),
+                other => yellow(other),
+            };
+            // Padding counts the colour codes too: pad the word, then paint it.
+            let pad = 11usize.saturating_sub(i.state.len());
+            out.push_str(&format!(
+                "{:<16} {state}{} {:>8} {:>6} {:>8} {:>13} {:>9}\n",
+                i.user,
+                " ".repeat(pad),
+                i.pid.map(|p| p.to_string()).unwrap_or_else(dash),
+                if i.port == 0 {
+                    dash()
+                } else {
+                    i.port.to_string()
+                },
+                i.started
+                    .map(|t| ago(now.saturating_sub(t)))
+                    .unwrap_or_else(dash),
+                i.last_request
+                    .map(|t| format!("{} ago", ago(now.saturating_sub(t))))
+                    .unwrap_or_else(dash),
+                i.rss_kib
+                    .map(|k| format!("{} MiB", k / 1024))
+                    .unwrap_or_else(dash),
+            ));
+            if let Some(why) = &i.reason {
+                out.push_str(&format!("{:<16} {why}\n", ""));
+            }
+        }
     }
     if let Some(p) = &s.proxy {
         let state = match p.state.as_str() {
@@ -250,6 +341,71 @@ mod tests {
                 persisted: true,
                 error: None,
             },
+            layout: "shared".into(),
+            max_instances: 16,
+            instance_idle_timeout_seconds: 3600,
+            instances: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn per_user_instances_are_listed_with_their_memory() {
+        let mut s = sample();
+        s.layout = "per-user".into();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        s.instances = vec![
+            Instance {
+                user: "alice".into(),
+                state: "ready".into(),
+                pid: Some(41),
+                port: 40001,
+                started: Some(now - 300),
+                last_request: Some(now - 10),
+                rss_kib: Some(300 * 1024),
+                restarts: 0,
+                terminals: 1,
+                reason: None,
+            },
+            Instance {
+                user: "bob".into(),
+                state: "failed".into(),
+                pid: None,
+                port: 0,
+                started: None,
+                last_request: Some(now - 70),
+                rss_kib: None,
+                restarts: 5,
+                terminals: 0,
+                reason: Some("crash loop".into()),
+            },
+        ];
+        let text = render(&s, false);
+        assert!(text.contains("Instances:   per-user"), "{text}");
+        assert!(
+            text.contains("1 running, at most 16, stopped after 1h00m idle"),
+            "{text}"
+        );
+        let alice = text.lines().find(|l| l.starts_with("alice")).unwrap();
+        for want in ["ready", "41", "40001", "5m00s", "10s ago", "300 MiB"] {
+            assert!(alice.contains(want), "{want} in {alice:?}");
+        }
+        assert!(text.contains("crash loop"));
+        let back: Status = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        for key in [
+            "user",
+            "state",
+            "pid",
+            "port",
+            "started",
+            "last_request",
+            "rss_kib",
+        ] {
+            assert!(v["instances"][0].get(key).is_some(), "{key}");
         }
     }
 

@@ -39,6 +39,10 @@ pub enum Route {
         password: Secret,
     },
     Restart,
+    ListInstances,
+    StopInstance {
+        user: String,
+    },
 }
 
 /// A secret from a request body (never printed).
@@ -148,6 +152,8 @@ pub enum AuthRoute {
     Sessions,
     /// Sessions the proxy started, ended or used.
     SyncSessions(SessionSync),
+    /// Users' activity, and a user whose instance to start (per-user instances).
+    Instances(crate::instances::Report),
 }
 
 pub use crate::proxy::auth::SessionCopy;
@@ -179,6 +185,7 @@ pub fn route_auth(req: &Request) -> Result<AuthRoute, ApiError> {
         ("GET", ["v1", "auth", "sessions"]) => Ok(AuthRoute::Sessions),
         ("POST", ["v1", "auth", "sessions"]) => Ok(AuthRoute::SyncSessions(json_body(req)?)),
         ("GET", ["v1", "auth", "users"]) => Ok(AuthRoute::Users),
+        ("POST", ["v1", "auth", "instances"]) => Ok(AuthRoute::Instances(json_body(req)?)),
         ("GET", ["v1", "auth", "users", name]) => Ok(AuthRoute::User {
             name: name.to_string(),
         }),
@@ -234,6 +241,14 @@ pub fn route(req: &Request) -> Result<Route, ApiError> {
             .ok_or_else(wrong_method),
         ["v1", "opencode", "restart"] => (m == "POST")
             .then_some(Route::Restart)
+            .ok_or_else(wrong_method),
+        ["v1", "instances"] => (m == "GET")
+            .then_some(Route::ListInstances)
+            .ok_or_else(wrong_method),
+        ["v1", "instances", user, "stop"] => (m == "POST")
+            .then(|| Route::StopInstance {
+                user: user.to_string(),
+            })
             .ok_or_else(wrong_method),
         ["v1", "users"] => match m {
             "GET" => Ok(Route::ListUsers),
@@ -427,6 +442,15 @@ mod tests {
                 },
             ),
             ("POST", "/v1/opencode/restart", "", Route::Restart),
+            ("GET", "/v1/instances", "", Route::ListInstances),
+            (
+                "POST",
+                "/v1/instances/alice/stop",
+                "",
+                Route::StopInstance {
+                    user: "alice".into(),
+                },
+            ),
         ];
         for (m, p, b, want) in table {
             assert_eq!(route(&req(m, p, b)).unwrap(), want, "{m} {p}");
@@ -470,6 +494,8 @@ mod tests {
                 "bad_json",
             ),
             ("GET", "/v1/users/a/lock", "", 405, "method_not_allowed"),
+            ("GET", "/v1/instances/a/stop", "", 405, "method_not_allowed"),
+            ("DELETE", "/v1/instances", "", 405, "method_not_allowed"),
         ];
         for (m, p, b, status, code) in table {
             let e = route(&req(m, p, b)).unwrap_err();

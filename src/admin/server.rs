@@ -90,6 +90,10 @@ pub enum LoopRequest {
     Ready,
     Restart,
     User(UserOp),
+    /// The proxy's report: activity, and maybe a user whose instance to start.
+    Instances(crate::instances::Report),
+    ListInstances,
+    StopInstance(String),
 }
 
 /// PID 1's answers.
@@ -99,6 +103,9 @@ pub enum LoopReply {
     Ready { ready: bool, state: String },
     Restart(Result<(), String>),
     User(Result<Persistence, ApiError>),
+    Instances(Vec<crate::instances::View>),
+    InstanceList(Vec<crate::status::Instance>),
+    Stopped(Result<(), String>),
 }
 
 pub struct Job {
@@ -135,6 +142,8 @@ pub struct GateView {
     pub ready: bool,
     /// How many users can log in now.
     pub users: usize,
+    /// Every user has an opencode of their own (`instances = per-user`).
+    pub per_user: bool,
     /// The `Authorization` value opencode's current start accepts (its per-start random
     /// password), for the proxy to send upstream.
     pub upstream_authorization: Option<Arc<SecretString>>,
@@ -503,7 +512,7 @@ fn handle_auth(route: api::AuthRoute, shared: &Shared) -> Response {
             Ok(ok(
                 200,
                 json!({"gated": gate.reason.is_some(), "reason": gate.reason, "ready": gate.ready,
-                       "users": gate.users, "upstream": gate.upstream,
+                       "users": gate.users, "upstream": gate.upstream, "per_user": gate.per_user,
                        "upstream_authorization": gate.upstream_authorization.as_ref().map(|a| a.expose())}),
             ))
         }
@@ -578,6 +587,13 @@ fn handle_auth(route: api::AuthRoute, shared: &Shared) -> Response {
             password,
             client,
         } => verify_login(shared, Limit::Client(&client), &name, password),
+        api::AuthRoute::Instances(report) => match shared.ask(LoopRequest::Instances(report))? {
+            LoopReply::Instances(views) => Ok(Response::json(
+                200,
+                json!({ "instances": views }).to_string(),
+            )),
+            _ => Err(ApiError::new(500, "internal", "unexpected reply")),
+        },
     })();
     result.unwrap_or_else(|e| e.response())
 }
@@ -753,6 +769,20 @@ fn handle(route: Route, uid: u32, shared: &Shared) -> Response {
             LoopReply::Restart(Err(why)) => Err(ApiError::new(409, "not_running", why)),
             _ => Err(ApiError::new(500, "internal", "unexpected reply")),
         },
+        Route::ListInstances => match shared.ask(LoopRequest::ListInstances)? {
+            LoopReply::InstanceList(list) => Ok(Response::json(
+                200,
+                json!({ "instances": list }).to_string(),
+            )),
+            _ => Err(ApiError::new(500, "internal", "unexpected reply")),
+        },
+        Route::StopInstance { user } => {
+            match shared.ask(LoopRequest::StopInstance(user.clone()))? {
+                LoopReply::Stopped(Ok(())) => Ok(ok(202, json!({"stopping": true, "user": user}))),
+                LoopReply::Stopped(Err(why)) => Err(ApiError::new(404, "no_instance", why)),
+                _ => Err(ApiError::new(500, "internal", "unexpected reply")),
+            }
+        }
         Route::ListUsers => {
             let rows = users_of(shared)?.list().map_err(|e| api::users_error(&e))?;
             Ok(Response::json(

@@ -69,8 +69,99 @@ pub fn signal_descendants(sig: super::signals::Sig) -> usize {
     signalled
 }
 
+/// The real, effective and saved uids from the text of `/proc/PID/status`.
+pub fn parse_uids(status: &str) -> Option<[u32; 3]> {
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    let mut f = line["Uid:".len()..]
+        .split_whitespace()
+        .map(str::parse::<u32>);
+    Some([f.next()?.ok()?, f.next()?.ok()?, f.next()?.ok()?])
+}
+
+/// Kill (SIGKILL) every process below this one that runs as `uid` (real, effective or
+/// saved), round after round until none is left (a process that forks meanwhile is caught
+/// on the next round), at most 20 rounds. Returns how many were killed.
+pub fn kill_uid(uid: u32) -> usize {
+    let me = std::process::id() as i32;
+    let mut killed = 0;
+    for _ in 0..20 {
+        let mut found = 0;
+        for pid in descendants(&process_table(), me) {
+            let base = format!("/proc/{pid}");
+            let alive = std::fs::read_to_string(format!("{base}/stat"))
+                .ok()
+                .and_then(|s| parse_state(&s))
+                .is_some_and(|c| c != 'Z' && c != 'X');
+            let theirs = std::fs::read_to_string(format!("{base}/status"))
+                .ok()
+                .and_then(|s| parse_uids(&s))
+                .is_some_and(|ids| ids.contains(&uid));
+            // SAFETY: a plain system call with integer arguments.
+            if alive && theirs && unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                found += 1;
+            }
+        }
+        killed += found;
+        if found == 0 {
+            break;
+        }
+    }
+    killed
+}
+
+/// Resident memory (KiB) of the processes in process group `pgid` (an opencode and what
+/// it runs in its group), from /proc; `None` when none is found.
+pub fn group_rss_kib(pgid: i32) -> Option<u64> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    let mut total = None;
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if parse_pgrp(&stat) != Some(pgid) && pid != pgid {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let kib = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        *total.get_or_insert(0) += kib;
+    }
+    total
+}
+
+/// Process group from the text of `/proc/PID/stat`.
+pub fn parse_pgrp(stat: &str) -> Option<i32> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(2)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parses_uids_and_group() {
+        let status = "Name:\tbash\nUid:\t1001\t1002\t1003\t1001\nGid:\t5\t5\t5\t5\n";
+        assert_eq!(parse_uids(status), Some([1001, 1002, 1003]));
+        assert_eq!(parse_uids("Name: x\n"), None);
+        assert_eq!(parse_pgrp("12 (a b) c) S 1 77 77 0"), Some(77));
+        let me = std::process::id() as i32;
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let pgrp = parse_pgrp(&stat).unwrap();
+        assert!(group_rss_kib(pgrp).unwrap() > 0, "{me} in group {pgrp}");
+    }
+
     use super::*;
 
     #[test]

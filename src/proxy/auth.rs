@@ -50,6 +50,8 @@ pub struct GateState {
     pub upstream_authorization: Option<String>,
     /// Where opencode listens now, when PID 1 says (else `--upstream`).
     pub upstream: Option<std::net::SocketAddr>,
+    /// Every user has their own opencode: ask PID 1 for it ([`AuthClient::instances`]).
+    pub per_user: bool,
 }
 
 impl std::fmt::Debug for GateState {
@@ -59,6 +61,7 @@ impl std::fmt::Debug for GateState {
             .field("ready", &self.ready)
             .field("users", &self.users)
             .field("upstream", &self.upstream)
+            .field("per_user", &self.per_user)
             .field(
                 "upstream_authorization",
                 &self.upstream_authorization.as_ref().map(|_| "<redacted>"),
@@ -245,7 +248,31 @@ impl AuthClient {
             users: v["users"].as_u64().unwrap_or(1) as usize,
             upstream_authorization: v["upstream_authorization"].as_str().map(str::to_string),
             upstream: v["upstream"].as_str().and_then(|a| a.parse().ok()),
+            per_user: v["per_user"].as_bool().unwrap_or(false),
         })
+    }
+
+    /// Report users' activity and maybe ask for `report.start`'s instance; every
+    /// instance's view comes back.
+    pub async fn instances(
+        &self,
+        report: &crate::instances::Report,
+    ) -> Result<Vec<crate::instances::View>, ()> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            instances: Vec<crate::instances::View>,
+        }
+        let body = serde_json::to_vec(report).map_err(|_| ())?;
+        let a = self
+            .call("POST", "/v1/auth/instances", &body, LOOKUP_TIMEOUT)
+            .await
+            .ok_or(())?;
+        if a.status != 200 {
+            return Err(());
+        }
+        serde_json::from_slice::<List>(&a.body)
+            .map(|l| l.instances)
+            .map_err(|_| ())
     }
 
     /// PID 1's copy of the sessions (at the proxy's start).

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod conn;
 pub mod flight;
+pub mod instances;
 pub mod origin;
 pub mod pages;
 pub mod request;
@@ -43,9 +44,14 @@ pub struct Args {
     /// Bind this address instead (running it by hand).
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
-    /// opencode's address.
+    /// The shared opencode's address (PID 1 says where each opencode listens; without
+    /// --upstream and without a word from PID 1 nothing is relayed).
     #[arg(long, value_name = "ADDR:PORT")]
-    pub upstream: SocketAddr,
+    pub upstream: Option<SocketAddr>,
+    /// How long an API client's first request waits for its user's opencode to start
+    /// (per-user instances); then 503 with Retry-After.
+    #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+    pub instance_start_timeout: std::time::Duration,
     /// PID 1's auth socket.
     #[arg(long, value_name = "PATH", default_value = "/run/occ-proxy/auth.sock")]
     pub auth_socket: PathBuf,
@@ -125,6 +131,7 @@ pub fn main() -> i32 {
         max_connections: args.max_connections.max(1),
         max_connections_per_client: args.max_connections_per_client.max(1),
         trusted_origins: trusted,
+        instance_start_timeout: args.instance_start_timeout,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -187,9 +194,12 @@ pub fn main() -> i32 {
             })
             .collect();
         log::info!(
-            "listening on {}, relaying to opencode at {} (logins checked by occ-init)",
+            "listening on {}, relaying to {} (logins checked by occ-init)",
             local.join(" and "),
-            settings.upstream
+            settings
+                .upstream
+                .map(|u| format!("opencode at {u}"))
+                .unwrap_or_else(|| "the opencode PID 1 names for each user".into())
         );
         server::serve(listeners, health, Arc::new(server::Proxy::new(settings))).await;
         0

@@ -27,7 +27,8 @@ use super::conn::{self, Guarded, Slot, Slots};
 use super::flight::Flights;
 use super::request::{self, Kind};
 use super::session::{self, Session, Sessions};
-use super::{origin, pages, SESSION_COOKIE};
+use super::{instances, origin, pages, SESSION_COOKIE};
+use crate::instances::{View, ViewState};
 use crate::secret::SecretString;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -61,7 +62,8 @@ const SYNC_CHUNK: usize = 150;
 /// The proxy's settings (from its command line; nothing secret).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub upstream: SocketAddr,
+    /// The shared opencode, when PID 1 does not say where it listens.
+    pub upstream: Option<SocketAddr>,
     pub auth_socket: std::path::PathBuf,
     pub public_health: bool,
     pub trust_proxy: bool,
@@ -72,6 +74,8 @@ pub struct Settings {
     pub max_connections_per_client: usize,
     /// Extra origins allowed to send requests with a user's credentials (normalized).
     pub trusted_origins: Vec<String>,
+    /// How long an API client waits for its user's opencode to start.
+    pub instance_start_timeout: Duration,
 }
 
 struct BasicEntry {
@@ -110,6 +114,20 @@ pub struct Proxy {
     gates: Flights<(), Result<GateState, ()>>,
     pending: Mutex<Pending>,
     sync_wake: tokio::sync::Notify,
+    /// PID 1's views of the users' own opencode instances.
+    views: Mutex<instances::Views>,
+    /// Requests and terminals per user, for PID 1's idle stop.
+    usage: Arc<Mutex<instances::Usage>>,
+    /// Asks for a user's instance in flight, by user.
+    asks: Flights<String, Result<View, ()>>,
+}
+
+/// Where one request goes: an opencode's address and the credentials of its current
+/// start, and whose instance it is (per user).
+struct Relay {
+    addr: SocketAddr,
+    authorization: Option<String>,
+    user: Option<String>,
 }
 
 fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
@@ -283,6 +301,125 @@ impl Proxy {
             gates: Flights::default(),
             pending: Mutex::new(Pending::default()),
             sync_wake: tokio::sync::Notify::new(),
+            views: Mutex::new(instances::Views::default()),
+            usage: Arc::new(Mutex::new(instances::Usage::default())),
+            asks: Flights::default(),
+        }
+    }
+
+    /// Ask PID 1 for `user`'s instance (starting it when there is none), one ask per user
+    /// at a time; the views of all instances that come back are kept.
+    async fn ask_instance(self: &Arc<Self>, user: &str) -> Result<View, ()> {
+        let me = self.clone();
+        let name = user.to_string();
+        self.asks
+            .run(name.clone(), move || async move {
+                let report = crate::instances::Report {
+                    start: Some(name.clone()),
+                    activity: Vec::new(),
+                };
+                let views = me.auth.instances(&report).await?;
+                let mine = views.iter().find(|v| v.user == name).cloned().ok_or(())?;
+                if let Ok(mut v) = me.views.lock() {
+                    v.replace(views, Instant::now());
+                }
+                Ok(mine)
+            })
+            .await
+            .unwrap_or(Err(()))
+    }
+
+    /// Where `user`'s requests go: their own opencode once it is ready. While it starts
+    /// the request waits up to `wait`; then (or when it cannot start, or there is no room)
+    /// the answer is a page for a browser or JSON with Retry-After.
+    async fn instance_for(
+        self: &Arc<Self>,
+        user: &str,
+        wait: Duration,
+        wants_html: bool,
+    ) -> Result<Relay, Response<Body>> {
+        let deadline = Instant::now() + wait;
+        if let Ok(mut u) = self.usage.lock() {
+            u.request(user, Instant::now());
+        }
+        loop {
+            let cached = self.views.lock().ok().and_then(|v| {
+                v.fresh(user, Instant::now())
+                    .and_then(instances::upstream_of)
+            });
+            let view = match cached {
+                Some((addr, authorization)) => {
+                    return Ok(Relay {
+                        addr,
+                        authorization,
+                        user: Some(user.to_string()),
+                    })
+                }
+                None => match self.ask_instance(user).await {
+                    Ok(v) => v,
+                    Err(()) => {
+                        return Err(unavailable("occ-init is not answering; try again shortly"))
+                    }
+                },
+            };
+            if let Some((addr, authorization)) = instances::upstream_of(&view) {
+                return Ok(Relay {
+                    addr,
+                    authorization,
+                    user: Some(user.to_string()),
+                });
+            }
+            let waiting = matches!(
+                view.state,
+                ViewState::Starting | ViewState::Stopping | ViewState::Stopped
+            );
+            if !waiting || Instant::now() + instances::POLL > deadline {
+                let mut r = if wants_html {
+                    html(StatusCode::SERVICE_UNAVAILABLE, instances::page(&view))
+                } else {
+                    json(StatusCode::SERVICE_UNAVAILABLE, instances::json(&view))
+                };
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(instances::retry_after(&view)),
+                );
+                return Err(r);
+            }
+            tokio::time::sleep(instances::POLL).await;
+        }
+    }
+
+    /// Forget `user`'s instance view (it refused our credentials or is gone).
+    fn forget_instance(&self, user: &str) {
+        if let Ok(mut v) = self.views.lock() {
+            v.forget(user);
+        }
+    }
+
+    /// Every [`instances::REPORT_EVERY`], tell PID 1 who made requests and who holds
+    /// terminals open (its idle stop counts them as activity).
+    async fn report_activity(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(instances::REPORT_EVERY).await;
+            let activity = match self.usage.lock() {
+                Ok(mut u) => u.report(Instant::now()),
+                Err(_) => continue,
+            };
+            if activity.is_empty() {
+                continue;
+            }
+            let report = crate::instances::Report {
+                start: None,
+                activity,
+            };
+            match self.auth.instances(&report).await {
+                Ok(views) => {
+                    if let Ok(mut v) = self.views.lock() {
+                        v.replace(views, Instant::now());
+                    }
+                }
+                Err(()) => log::debug!("cannot reach occ-init to report activity"),
+            }
         }
     }
 
@@ -307,6 +444,15 @@ impl Proxy {
             })
             .await
             .unwrap_or(Err(()))
+    }
+
+    /// Where the shared opencode is and which credentials it takes (from the gate state).
+    fn shared_relay(&self, gate: &GateState) -> Option<Relay> {
+        Some(Relay {
+            addr: gate.upstream.or(self.settings.upstream)?,
+            authorization: gate.upstream_authorization.clone(),
+            user: None,
+        })
     }
 
     /// Forget the cached gate state (opencode refused our credentials: it restarted).
@@ -687,18 +833,45 @@ impl Proxy {
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": "not_found"}),
             ),
+            // Per user there is no one opencode to ask: the proxy answers for the door.
+            Kind::PublicHealth if gate.per_user => json(
+                if gate.ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                serde_json::json!({"healthy": gate.ready, "instances": "per-user"}),
+            ),
             // Never upgraded: upgrade headers on the public path are dropped.
             Kind::PublicHealth if !gate.ready => not_ready(),
-            Kind::PublicHealth => self.forward(req, https, peer, &gate, slot, false).await,
+            Kind::PublicHealth => match self.shared_relay(&gate) {
+                Some(to) => self.forward(req, https, peer, to, slot, false).await,
+                None => not_ready(),
+            },
             Kind::Opencode => match self.authenticate(req.headers(), &client).await {
                 Auth::User(_) if !gate.ready => {
                     slot.authenticated();
                     not_ready()
                 }
+                Auth::User(user) if gate.per_user => {
+                    slot.authenticated();
+                    let wait = if wants_html {
+                        instances::BROWSER_WAIT.min(self.settings.instance_start_timeout)
+                    } else {
+                        self.settings.instance_start_timeout
+                    };
+                    match self.instance_for(&user, wait, wants_html).await {
+                        Ok(to) => self.forward(req, https, peer, to, slot, true).await,
+                        Err(r) => r,
+                    }
+                }
                 Auth::User(user) => {
                     slot.authenticated();
                     log::trace!("{} {path} as {user:?}", req.method());
-                    self.forward(req, https, peer, &gate, slot, true).await
+                    match self.shared_relay(&gate) {
+                        Some(to) => self.forward(req, https, peer, to, slot, true).await,
+                        None => not_ready(),
+                    }
                 }
                 Auth::Denied if wants_html => {
                     let target = req
@@ -835,7 +1008,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         https: bool,
         peer: SocketAddr,
-        gate: &GateState,
+        to: Relay,
         slot: Arc<Slot>,
         upgrades: bool,
     ) -> Response<Body> {
@@ -851,7 +1024,7 @@ impl Proxy {
             Some(Some(q)) => format!("{}?{q}", parts.uri.path()),
             Some(None) | None => parts.uri.path().to_string(),
         };
-        let upstream = gate.upstream.unwrap_or(self.settings.upstream);
+        let upstream = to.addr;
         let Ok(uri) = format!("http://{upstream}{pq}").parse::<hyper::Uri>() else {
             return json(
                 StatusCode::BAD_REQUEST,
@@ -869,8 +1042,8 @@ impl Proxy {
             .map(str::to_string);
         strip_hop_by_hop(h);
         h.remove(header::AUTHORIZATION);
-        if let Some(v) = gate
-            .upstream_authorization
+        if let Some(v) = to
+            .authorization
             .as_deref()
             .and_then(|a| HeaderValue::from_str(a).ok())
         {
@@ -916,19 +1089,31 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("upstream request failed: {e}");
+                if let Some(user) = &to.user {
+                    self.forget_instance(user);
+                }
                 return unavailable("opencode is not answering (starting or restarting?)");
             }
         };
         if resp.status() == StatusCode::UNAUTHORIZED {
             // opencode restarted with a new password since the gate state was read.
-            self.forget_gate();
+            match &to.user {
+                Some(user) => self.forget_instance(user),
+                None => self.forget_gate(),
+            }
             return unavailable("opencode is restarting; try again shortly");
         }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                // An open terminal keeps its user's instance from stopping as idle.
+                let terminal = to
+                    .user
+                    .as_deref()
+                    .map(|u| instances::Terminal::open(self.usage.clone(), u));
                 tokio::spawn(async move {
                     let _slot = slot;
+                    let _terminal = terminal;
                     match (client_upgrade.await, upstream_upgrade.await) {
                         (Ok(a), Ok(b)) => {
                             let mut a = TokioIo::new(a);
@@ -1169,6 +1354,7 @@ pub async fn serve(
     proxy.load_sessions().await;
     tokio::spawn(proxy.clone().sync_sessions());
     tokio::spawn(proxy.clone().revalidate());
+    tokio::spawn(proxy.clone().report_activity());
     if let Some(h) = health {
         tokio::spawn(serve_health(h, proxy.clone()));
     }

@@ -322,28 +322,99 @@ fn owned_by(port: u16, owner: &Owner) -> Result<(), String> {
     }
 }
 
-/// A worker thread that runs probes and wakes PID 1's loop when a result is ready.
+/// What a probe asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// `health_path` says healthy (readiness and liveness).
+    Health,
+    /// `GET /session/status` says no session is busy (may an idle instance stop?).
+    Idle,
+}
+
+/// Judge `GET /session/status`: `Ok` when opencode lists no session that is not idle
+/// (`{}` or only `{"type":"idle"}`), else why not. Anything unexpected counts as busy: an
+/// agent working unattended must never be stopped on a doubt.
+pub fn judge_idle(raw: &[u8]) -> Result<(), String> {
+    let (status, head, body) = crate::admin::http::split_response(raw)?;
+    if status != 200 {
+        return Err(format!("HTTP {status}"));
+    }
+    let mut body = body.to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body).ok_or("bad chunked body")?;
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| "session status is not JSON")?;
+    let map = v.as_object().ok_or("session status is not an object")?;
+    let busy = map
+        .values()
+        .filter(|s| s.get("type").and_then(|t| t.as_str()) != Some("idle"))
+        .count();
+    match busy {
+        0 => Ok(()),
+        n => Err(format!("{n} busy session(s)")),
+    }
+}
+
+/// Run one check on `target` (with an `owner`, only that process's answer counts).
+pub fn run(check: Check, target: &Target) -> Result<(), String> {
+    match check {
+        Check::Health => probe(target),
+        Check::Idle => {
+            judge_idle(&get(target)?)?;
+            match &target.owner {
+                Some(owner) => owned_by(target.port, owner),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// Probe requests: which service, what to check, where.
+type Request = (String, Check, Target);
+/// A result: which service, what was checked, how it went.
+pub type Outcome = (String, Check, Result<(), String>);
+
+/// How many probes run at once: one instance that hangs until its timeout must not hold
+/// up the others' probes.
+const WORKERS: usize = 4;
+
+/// Worker threads that run probes and wake PID 1's loop when a result is ready.
 pub struct Prober {
-    requests: Sender<(usize, Target)>,
-    results: Receiver<(usize, Result<(), String>)>,
+    requests: Sender<Request>,
+    results: Receiver<Outcome>,
     wake: WakeReader,
 }
 
 impl Prober {
     pub fn start() -> std::io::Result<Prober> {
         let (wake, waker) = crate::init::wake::pair()?;
-        let (req_tx, req_rx) = channel::<(usize, Target)>();
+        let waker = std::sync::Arc::new(waker);
+        let (req_tx, req_rx) = channel::<Request>();
+        let req_rx = std::sync::Arc::new(std::sync::Mutex::new(req_rx));
         let (res_tx, res_rx) = channel();
-        std::thread::Builder::new()
-            .name("probe".into())
-            .spawn(move || {
-                for (tag, target) in req_rx {
-                    if res_tx.send((tag, probe(&target))).is_err() {
-                        break;
+        for n in 0..WORKERS {
+            let (rx, tx, waker) = (req_rx.clone(), res_tx.clone(), waker.clone());
+            std::thread::Builder::new()
+                .name(format!("probe-{n}"))
+                .spawn(move || loop {
+                    let next = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((tag, check, target)) = next else {
+                        return;
+                    };
+                    let result = run(check, &target);
+                    if tx.send((tag, check, result)).is_err() {
+                        return;
                     }
                     waker.wake();
-                }
-            })?;
+                })?;
+        }
         Ok(Prober {
             requests: req_tx,
             results: res_rx,
@@ -351,13 +422,13 @@ impl Prober {
         })
     }
 
-    /// Probe `target`; the result comes back with `tag` (which service it was for).
-    pub fn request(&self, tag: usize, target: Target) {
-        let _ = self.requests.send((tag, target));
+    /// Run `check` on `target`; the result comes back with `tag` (the service's name).
+    pub fn request(&self, tag: &str, check: Check, target: Target) {
+        let _ = self.requests.send((tag.to_string(), check, target));
     }
 
     /// Results that arrived since the last call (drains the wake-up pipe too).
-    pub fn results(&self) -> Vec<(usize, Result<(), String>)> {
+    pub fn results(&self) -> Vec<Outcome> {
         self.wake.drain();
         self.results.try_iter().collect()
     }
@@ -372,6 +443,26 @@ impl AsFd for Prober {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn judges_busy_sessions() {
+        let ok = |body: &str| {
+            judge_idle(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+        };
+        assert!(ok("{}").is_ok());
+        assert!(ok(r#"{"ses_1":{"type":"idle"}}"#).is_ok());
+        assert!(ok(r#"{"ses_1":{"type":"busy"}}"#).is_err());
+        assert!(ok(r#"{"ses_1":{"type":"idle"},"ses_2":{"type":"retry"}}"#).is_err());
+        assert!(ok("[]").is_err(), "unexpected shapes count as busy");
+        assert!(ok("<html>").is_err());
+        assert!(judge_idle(b"HTTP/1.1 401 Unauthorized\r\n\r\n").is_err());
+    }
 
     #[test]
     fn judges_answers() {

@@ -165,6 +165,58 @@ pub fn spec(
     }
 }
 
+/// The private temporary directory of a user's opencode, under their home (opencode's
+/// `/tmp/opencode` would be shared by every user otherwise).
+pub const INSTANCE_TMP: &str = ".tmp";
+
+/// A login user's own opencode: their uid, gid and groups, `HOME` their home, working
+/// directory `~/workspace`, a private `TMPDIR`, XDG directories under the home (whatever
+/// `env` says: they hold the user's sessions and provider keys) and the instance's own
+/// random password. Both directories are made by the child as the user.
+pub fn instance_spec(
+    cfg: &Config,
+    user: &ServiceUser,
+    password: &SecretString,
+    listen: (&str, u16),
+) -> SpawnSpec {
+    let parent: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let home = &user.home;
+    let workspace = home.join("workspace");
+    let tmp = home.join(INSTANCE_TMP);
+    let mut env = environment(cfg, user, &parent, Some(password));
+    let own = [
+        ("TMPDIR", tmp.clone()),
+        ("XDG_DATA_HOME", home.join(".local/share")),
+        ("XDG_CONFIG_HOME", home.join(".config")),
+        ("XDG_STATE_HOME", home.join(".local/state")),
+        ("XDG_CACHE_HOME", home.join(".cache")),
+    ];
+    env.retain(|(k, _)| !own.iter().any(|(n, _)| k == n));
+    env.extend(own.into_iter().map(|(k, v)| (k.into(), v.into_os_string())));
+    SpawnSpec {
+        argv: argv(cfg, listen.0, listen.1),
+        env: Some(env),
+        cwd: Some(workspace.clone()),
+        credentials: Some(user.credentials.clone()),
+        no_new_privs: true,
+        make_dirs: vec![
+            crate::spawn::DirSpec {
+                path: workspace,
+                mode: 0o755,
+                private: false,
+            },
+            crate::spawn::DirSpec {
+                path: tmp,
+                mode: 0o700,
+                private: true,
+            },
+        ],
+        ..SpawnSpec::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +311,63 @@ mod tests {
         assert!(with_pw
             .iter()
             .any(|(k, v)| k == "OPENCODE_SERVER_PASSWORD" && v == "pw"));
+    }
+
+    #[test]
+    fn an_instance_lives_in_its_users_home() {
+        let cfg = Config {
+            env: [
+                ("XDG_DATA_HOME".to_string(), "/shared".to_string()),
+                ("TMPDIR".to_string(), "/tmp".to_string()),
+            ]
+            .into(),
+            ..Config::default()
+        };
+        let alice = ServiceUser {
+            name: "alice".into(),
+            home: "/home/alice".into(),
+            shell: "/bin/bash".into(),
+            credentials: Credentials {
+                uid: 1002,
+                gid: 1002,
+                groups: vec![1002, 27],
+            },
+        };
+        let spec = instance_spec(
+            &cfg,
+            &alice,
+            &SecretString::new("pw".into()),
+            ("127.0.0.1", 4100),
+        );
+        let env: std::collections::HashMap<String, String> = spec
+            .env
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k.into_string().unwrap(), v.into_string().unwrap()))
+            .collect();
+        assert_eq!(env["HOME"], "/home/alice");
+        assert_eq!(env["USER"], "alice");
+        assert_eq!(env["TMPDIR"], "/home/alice/.tmp", "env cannot share it");
+        assert_eq!(env["XDG_DATA_HOME"], "/home/alice/.local/share");
+        assert_eq!(env["XDG_CONFIG_HOME"], "/home/alice/.config");
+        assert_eq!(env["OPENCODE_SERVER_PASSWORD"], "pw");
+        assert_eq!(env.keys().filter(|k| *k == "TMPDIR").count(), 1);
+        assert_eq!(spec.cwd.unwrap(), PathBuf::from("/home/alice/workspace"));
+        assert_eq!(spec.credentials.unwrap().groups, vec![1002, 27]);
+        assert!(spec.no_new_privs);
+        let dirs: Vec<(String, u32, bool)> = spec
+            .make_dirs
+            .iter()
+            .map(|d| (d.path.display().to_string(), d.mode, d.private))
+            .collect();
+        assert_eq!(
+            dirs,
+            vec![
+                ("/home/alice/workspace".into(), 0o755, false),
+                ("/home/alice/.tmp".into(), 0o700, true)
+            ]
+        );
+        assert!(spec.argv.iter().any(|a| a == "4100"));
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! | running    | Exited                   | Launching / Backoff / Gated / Stopped | Spawn / Exit |
 //! | Backoff    | Tick ≥ until             | Launching or Gated        | Spawn          |
 //! | Backoff    | Policy(denied)           | Gated                     |                |
+//! | running    | Stop(why)                | Restarting (then Gated)   | Signal TERM    |
+//! | Backoff    | Stop(why)                | Gated                     |                |
 //! | any live   | Tick ≥ probe time        | (same)                    | Probe          |
 //!
 //! Stopping the whole container is not in here: PID 1 hands the running child to the
@@ -118,6 +120,8 @@ pub enum Event {
         ok: bool,
     },
     RestartRequested,
+    /// Stop it for good (an idle instance, a locked user): TERM, grace, KILL, then Gated.
+    Stop(String),
     Tick,
 }
 
@@ -145,8 +149,8 @@ pub struct LastExit {
 
 #[derive(Debug, Clone)]
 pub struct Supervisor {
-    /// The service's name in log lines ("opencode", "proxy").
-    pub name: &'static str,
+    /// The service's name in log lines ("opencode", "proxy", "opencode@alice").
+    pub name: String,
     pub settings: Settings,
     pub phase: Phase,
     pub allowed: bool,
@@ -177,9 +181,9 @@ impl Supervisor {
     }
 
     /// A supervisor for the service called `name`.
-    pub fn named(name: &'static str, settings: Settings) -> Supervisor {
+    pub fn named(name: impl Into<String>, settings: Settings) -> Supervisor {
         Supervisor {
-            name,
+            name: name.into(),
             settings,
             phase: Phase::Gated,
             allowed: false,
@@ -249,6 +253,32 @@ impl Supervisor {
                         self.restart(pid, since, After::Gate, now, &mut out);
                     }
                     _ => {}
+                }
+            }
+            (_, Event::Stop(why)) => {
+                self.allowed = false;
+                match self.phase.clone() {
+                    Phase::Starting { pid, since, .. } | Phase::Ready { pid, since, .. } => {
+                        out.push(log(format!("stopping {}: {why}", self.name)));
+                        self.restart(pid, since, After::Gate, now, &mut out);
+                    }
+                    Phase::Restarting {
+                        pid,
+                        since,
+                        killed,
+                        started,
+                        ..
+                    } => {
+                        self.phase = Phase::Restarting {
+                            pid,
+                            since,
+                            then: After::Gate,
+                            killed,
+                            started,
+                        }
+                    }
+                    Phase::Backoff { .. } | Phase::Launching => self.phase = Phase::Gated,
+                    Phase::Gated | Phase::Stopped { .. } => {}
                 }
             }
             (Phase::Launching, Event::Spawned(pid)) => {
@@ -553,6 +583,42 @@ mod tests {
 
     fn s(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn stop_ends_it_for_good() {
+        let t = Instant::now();
+        let mut sv = Supervisor::named("opencode@alice", settings());
+        sv.on(Event::Policy(true), t);
+        sv.on(Event::Spawned(42), t);
+        sv.on(Event::Probe { ok: true }, t + s(1));
+        assert!(sv.is_ready());
+        let a = only_effects(sv.on(Event::Stop("idle".into()), t + s(2)));
+        assert_eq!(a, vec![Action::Signal(42, Signal::SIGTERM)]);
+        assert_eq!(sv.phase_name(), "restarting");
+        // TERM ignored: KILL after the grace period, then gated, never restarted.
+        let a = only_effects(sv.on(Event::Tick, t + s(12)));
+        assert_eq!(a, vec![Action::Signal(42, Signal::SIGKILL)]);
+        let a = only_effects(sv.on(Event::Exited { pid: 42, code: 137 }, t + s(13)));
+        assert!(a.is_empty(), "{a:?}");
+        assert_eq!(sv.phase, Phase::Gated);
+        assert!(sv.pid().is_none());
+        // A stop during a restart's grace keeps it down; one during backoff too.
+        let mut sv = Supervisor::named("x", settings());
+        sv.on(Event::Policy(true), t);
+        sv.on(Event::Spawned(7), t);
+        sv.on(Event::RestartRequested, t);
+        sv.on(Event::Stop("locked".into()), t);
+        assert!(only_effects(sv.on(Event::Exited { pid: 7, code: 143 }, t)).is_empty());
+        assert_eq!(sv.phase, Phase::Gated);
+        let mut sv = Supervisor::named("x", settings());
+        sv.on(Event::Policy(true), t);
+        sv.on(Event::Spawned(8), t);
+        sv.on(Event::Exited { pid: 8, code: 1 }, t);
+        assert!(matches!(sv.phase, Phase::Backoff { .. }));
+        sv.on(Event::Stop("idle".into()), t);
+        assert_eq!(sv.phase, Phase::Gated);
+        assert!(only_effects(sv.on(Event::Tick, t + s(100))).is_empty());
     }
 
     fn only_effects(a: Vec<Action>) -> Vec<Action> {
