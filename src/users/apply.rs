@@ -75,12 +75,45 @@ fn etc_is_read_only() -> bool {
 /// `useradd -m -l -s /bin/bash -c <marker> [-u UID] NAME`
 pub fn useradd(user: &NewUser) -> Result<(), UsersError> {
     let mut cmd = tool("useradd");
-    cmd.args(["-m", "-l", "-s", "/bin/bash", "-c", MANAGED_GECOS]);
+    // A login user's home is theirs alone: each has an opencode of their own there.
+    cmd.args([
+        "-m",
+        "-K",
+        "HOME_MODE=0750",
+        "-l",
+        "-s",
+        "/bin/bash",
+        "-c",
+        MANAGED_GECOS,
+    ]);
     if let Some(uid) = user.uid {
         cmd.arg("-u").arg(uid.to_string());
     }
     cmd.arg("--").arg(&user.name);
     run(cmd, "useradd", None)
+}
+
+/// Make a login user's home unreadable to other users (no bits for others, no group
+/// write): each user's opencode keeps their sessions and provider keys there. Opened
+/// without following a symlink. Returns the old mode when it changed.
+pub fn private_home(path: &std::path::Path) -> Result<Option<u32>, UsersError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| UsersError::io(path, e))?;
+    let mode = dir.metadata().map_err(|e| UsersError::io(path, e))?.mode() & 0o7777;
+    let private = mode & !0o027;
+    if private == mode {
+        return Ok(None);
+    }
+    // SAFETY: fchmod on a descriptor we own.
+    if unsafe { libc::fchmod(dir.as_raw_fd(), private) } != 0 {
+        return Err(UsersError::io(path, std::io::Error::last_os_error()));
+    }
+    Ok(Some(mode))
 }
 
 /// `useradd --system` for a service account: no home, no login shell, a group of its own.

@@ -304,10 +304,29 @@ impl Users {
         let m = self.load(&accounts)?;
         let plan = plan::plan(&m, &accounts);
         apply::apply(&plan)?;
-        if !plan.is_noop() {
-            let after = plan::plan(&m, &self.accounts()?);
+        let after_accounts = if plan.is_noop() {
+            accounts
+        } else {
+            let a = self.accounts()?;
+            let after = plan::plan(&m, &a);
             if !after.is_noop() {
                 return Err(UsersError::OutOfSync(format!("{after:?}")));
+            }
+            a
+        };
+        // Homes made before (by hand, an older occ-init, another image) are closed too.
+        for u in &m.users {
+            let Some(acct) = after_accounts.by_name.get(&u.name) else {
+                continue;
+            };
+            match apply::private_home(Path::new(&acct.home)) {
+                Ok(Some(old)) => log::info!(
+                    "users: {}'s home {} was mode {old:o}; now readable by its owner only",
+                    u.name,
+                    acct.home
+                ),
+                Ok(None) => {}
+                Err(e) => log::warn!("users: {e}"),
             }
         }
         Ok(RestoreReport {

@@ -49,9 +49,14 @@ pub fn websocket(port: u16, path: &str, headers: &str) -> Result<TcpStream, Resp
 /// Send one masked text frame.
 pub fn ws_send(s: &mut TcpStream, text: &str) {
     let data = text.as_bytes();
-    assert!(data.len() < 126);
+    assert!(data.len() < 65536);
     let mask = [1u8, 2, 3, 4];
-    let mut f = vec![0x81, 0x80 | data.len() as u8];
+    let mut f = if data.len() < 126 {
+        vec![0x81, 0x80 | data.len() as u8]
+    } else {
+        let n = (data.len() as u16).to_be_bytes();
+        vec![0x81, 0x80 | 126, n[0], n[1]]
+    };
     f.extend_from_slice(&mask);
     f.extend(data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     s.write_all(&f).unwrap();
@@ -118,6 +123,14 @@ pub fn opencode_bin() -> Option<String> {
 /// A sandbox whose occ-init serves `port` on all interfaces through the proxy, with
 /// `command` as opencode.
 pub fn proxied(command: &str, extra: &str) -> (Sandbox, u16) {
+    // The suites written for one opencode keep it unless they say otherwise (per-user
+    // instances have their own suite, tests/instances.rs).
+    let extra = if extra.contains("instances =") {
+        extra.to_string()
+    } else {
+        format!("instances = 'shared'\n{extra}")
+    };
+    let extra = extra.as_str();
     let sb = Sandbox::new();
     sb.add_service_user();
     let port = free_port();
