@@ -103,9 +103,28 @@ pub enum Command {
     /// Manage login users (the manifest and the accounts in /etc).
     #[command(subcommand)]
     User(UserCommand),
+    /// The users' own opencode instances (`instances = per-user`).
+    #[command(subcommand)]
+    Instance(InstanceCommand),
     /// Any other command line is supervised as with `run`.
     #[command(external_subcommand)]
     External(Vec<OsString>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// List each user's opencode: state, pid, port, uptime, last request, memory.
+    List {
+        /// As JSON, for tools.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop USER's opencode (TERM, grace, KILL); their data stays, and their next request
+    /// starts it again.
+    Stop {
+        /// The login user.
+        user: String,
+    },
 }
 
 /// Where forwarded signals go.

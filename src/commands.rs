@@ -201,6 +201,47 @@ pub fn health(live: bool) -> i32 {
     }
 }
 
+/// `occ-init instance list|stop`
+pub fn instance(cmd: crate::cli::InstanceCommand) -> i32 {
+    use crate::cli::InstanceCommand;
+    let error_of = |body: String| {
+        serde_json::from_str::<serde_json::Value>(&body)
+            .map(|v| api_error(&v))
+            .unwrap_or(body)
+    };
+    match cmd {
+        InstanceCommand::List { json } => match call("GET", "/v1/status", Duration::from_secs(5)) {
+            Ok((200, body)) => match serde_json::from_str::<crate::status::Status>(&body) {
+                Ok(s) if json => {
+                    println!("{}", serde_json::json!({ "instances": s.instances }));
+                    0
+                }
+                Ok(s) => {
+                    print!("{}", crate::status::render_instances(&s, false));
+                    0
+                }
+                Err(e) => fail(format!("unexpected status answer: {e}")),
+            },
+            Ok((_, body)) => fail(error_of(body)),
+            Err(e) => fail(e),
+        },
+        InstanceCommand::Stop { user } => {
+            if let Err(e) = crate::manifest::check_name(&user) {
+                return fail(format!("{user:?}: {e}"));
+            }
+            let path = format!("/v1/instances/{user}/stop");
+            match call("POST", &path, Duration::from_secs(5)) {
+                Ok((202, _)) => {
+                    println!("stopping {user}'s opencode (their next request starts it again)");
+                    0
+                }
+                Ok((_, body)) => fail(error_of(body)),
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
 /// `occ-init restart`
 pub fn restart() -> i32 {
     match call("POST", "/v1/opencode/restart", Duration::from_secs(5)) {

@@ -77,6 +77,7 @@ pub fn run() -> i32 {
         Some(cli::Command::Status { json }) => commands::status(json),
         Some(cli::Command::Health { live }) => commands::health(live),
         Some(cli::Command::Restart) => commands::restart(),
+        Some(cli::Command::Instance(cmd)) => commands::instance(cmd),
         Some(cli::Command::Check(args)) => boot::check(args.config.as_deref(), &args.overrides()),
         Some(cli::Command::External(argv)) => match config::Config::load(None, &Default::default())
         {

@@ -103,6 +103,71 @@ pub struct UsersStatus {
     pub error: Option<String>,
 }
 
+/// The table of opencode instances (user, state, pid, port, uptime, last request, memory).
+pub fn render_instances(s: &Status, color: bool) -> String {
+    let paint = |code: &str, t: &str| {
+        if color {
+            format!("\x1b[{code}m{t}\x1b[0m")
+        } else {
+            t.to_string()
+        }
+    };
+    let green = |t: &str| paint("32", t);
+    let yellow = |t: &str| paint("33", t);
+    let red = |t: &str| paint("1;31", t);
+    if s.instances.is_empty() {
+        return match s.layout.as_str() {
+            "per-user" => "no instance runs (each starts on its user's first request)\n".into(),
+            _ => "no instance runs\n".into(),
+        };
+    }
+    let mut out = String::new();
+    {
+        out.push_str(&format!(
+            "{:<16} {:<11} {:>8} {:>6} {:>8} {:>13} {:>9}\n",
+            "USER", "STATE", "PID", "PORT", "UP", "LAST REQUEST", "RSS"
+        ));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let dash = || "-".to_string();
+        for i in &s.instances {
+            let state = match i.state.as_str() {
+                "ready" => green("ready"),
+                "failed" => red("failed"),
+                other => yellow(other),
+            };
+            // Padding counts the colour codes too: pad the word, then paint it.
+            let pad = 11usize.saturating_sub(i.state.len());
+            out.push_str(&format!(
+                "{:<16} {state}{} {:>8} {:>6} {:>8} {:>13} {:>9}\n",
+                i.user,
+                " ".repeat(pad),
+                i.pid.map(|p| p.to_string()).unwrap_or_else(dash),
+                if i.port == 0 {
+                    dash()
+                } else {
+                    i.port.to_string()
+                },
+                i.started
+                    .map(|t| ago(now.saturating_sub(t)))
+                    .unwrap_or_else(dash),
+                i.last_request
+                    .map(|t| format!("{} ago", ago(now.saturating_sub(t))))
+                    .unwrap_or_else(dash),
+                i.rss_kib
+                    .map(|k| format!("{} MiB", k / 1024))
+                    .unwrap_or_else(dash),
+            ));
+            if let Some(why) = &i.reason {
+                out.push_str(&format!("{:<16} {why}\n", ""));
+            }
+        }
+    }
+    out
+}
+
 fn ago(secs: u64) -> String {
     match secs {
         0..=59 => format!("{secs}s"),
@@ -177,47 +242,8 @@ pub fn render(s: &Status, color: bool) -> String {
         out.push_str(&format!("             {why}\n"));
     }
     if !s.instances.is_empty() {
-        out.push_str(&format!(
-            "\n{:<16} {:<11} {:>8} {:>6} {:>8} {:>13} {:>9}\n",
-            "USER", "STATE", "PID", "PORT", "UP", "LAST REQUEST", "RSS"
-        ));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let dash = || "-".to_string();
-        for i in &s.instances {
-            let state = match i.state.as_str() {
-                "ready" => green("ready"),
-                "failed" => red("failed"),
-                other => yellow(other),
-            };
-            // Padding counts the colour codes too: pad the word, then paint it.
-            let pad = 11usize.saturating_sub(i.state.len());
-            out.push_str(&format!(
-                "{:<16} {state}{} {:>8} {:>6} {:>8} {:>13} {:>9}\n",
-                i.user,
-                " ".repeat(pad),
-                i.pid.map(|p| p.to_string()).unwrap_or_else(dash),
-                if i.port == 0 {
-                    dash()
-                } else {
-                    i.port.to_string()
-                },
-                i.started
-                    .map(|t| ago(now.saturating_sub(t)))
-                    .unwrap_or_else(dash),
-                i.last_request
-                    .map(|t| format!("{} ago", ago(now.saturating_sub(t))))
-                    .unwrap_or_else(dash),
-                i.rss_kib
-                    .map(|k| format!("{} MiB", k / 1024))
-                    .unwrap_or_else(dash),
-            ));
-            if let Some(why) = &i.reason {
-                out.push_str(&format!("{:<16} {why}\n", ""));
-            }
-        }
+        out.push('\n');
+        out.push_str(&render_instances(s, color));
     }
     if let Some(p) = &s.proxy {
         let state = match p.state.as_str() {

@@ -28,7 +28,17 @@ fn per_user(extra: &str, users: &[(&str, &str)]) -> Option<(Sandbox, Init, u16)>
     for (name, pw) in users {
         add_user(&sb, &init, name, pw);
     }
+    gate_open(&sb, &init);
     Some((sb, init, port))
+}
+
+/// Wait until PID 1 has opened the gate and the proxy's cached gate state (0.5 s) knows.
+fn gate_open(sb: &Sandbox, init: &Init) {
+    assert!(eventually(Duration::from_secs(20), || status_json(
+        sb, init
+    )["opencode"]["gate_reason"]
+        .is_null()));
+    std::thread::sleep(Duration::from_millis(700));
 }
 
 /// `user`'s instance in `status --json`.
@@ -279,4 +289,243 @@ fn bob_cannot_reach_alice_through_his_own_opencode() {
     let out = run_in(&mut bt, "echo bob-still-here");
     assert!(out.contains("bob-still-here"), "{out}");
     sb.assert_host_untouched();
+}
+
+/// alice's instance: ready now, with this host pid.
+fn ready_pid(sb: &Sandbox, init: &Init, user: &str) -> Option<i32> {
+    instance(sb, init, user)
+        .filter(|i| i["state"] == "ready")
+        .and_then(|_| instance_pid(sb, init, user))
+}
+
+#[test]
+fn instances_start_once_stop_when_idle_unless_busy_and_come_back() {
+    let Some((sb, mut init, port)) =
+        per_user("instance_idle_timeout = '3s'\n", &[("alice", "alice-pw-1")])
+    else {
+        return;
+    };
+    let alice = basic("alice", "alice-pw-1");
+    // Ten first requests at once start exactly one opencode, and all are answered.
+    let codes: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..10)
+            .map(|_| s.spawn(|| http(port, "GET", "/session", &alice, "").status))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    assert_eq!(init.count_log("starting alice's own opencode"), 1);
+    let r = http(
+        port,
+        "POST",
+        "/session",
+        &format!("{alice}Content-Type: application/json\r\n"),
+        r#"{"title":"kept across stops"}"#,
+    );
+    let sid = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Idle (3 s, nothing busy): stopped; the next request starts it with her session.
+    init.expect_log_within(
+        "stopping opencode@alice: no request for 3s",
+        Duration::from_secs(30),
+    );
+    assert!(eventually(Duration::from_secs(15), || instance(
+        &sb, &init, "alice"
+    )
+    .is_none()));
+    let back = http(port, "GET", "/session", &alice, "");
+    assert_eq!(back.status, 200);
+    assert!(
+        back.body.contains(&sid),
+        "her session survived the stop: {back:?}"
+    );
+    assert_eq!(init.count_log("starting alice's own opencode"), 2);
+    let pid = ready_pid(&sb, &init, "alice").expect("running again");
+
+    // An open terminal is activity: no stop while it is open.
+    let mut term = terminal(port, &alice);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        ready_pid(&sb, &init, "alice"),
+        Some(pid),
+        "stopped under an open terminal"
+    );
+    assert!(run_in(&mut term, "echo alive").contains("alive"));
+    drop(term);
+
+    // A busy session (a shell command the agent runs) keeps it running past the timeout.
+    let busy = std::thread::spawn({
+        let alice = alice.clone();
+        let sid = sid.clone();
+        move || {
+            http(
+                port,
+                "POST",
+                &format!("/session/{sid}/shell"),
+                &format!("{alice}Content-Type: application/json\r\n"),
+                r#"{"agent":"build","command":"sleep 12"}"#,
+            )
+            .status
+        }
+    });
+    std::thread::sleep(Duration::from_secs(9));
+    assert_eq!(
+        ready_pid(&sb, &init, "alice"),
+        Some(pid),
+        "a busy agent was stopped"
+    );
+    assert_eq!(busy.join().unwrap(), 200);
+    // Once the work is done it goes (the busy check is repeated every 30 s).
+    assert!(
+        eventually(Duration::from_secs(60), || instance(&sb, &init, "alice")
+            .is_none()),
+        "never stopped after the work was done"
+    );
+
+    // `occ-init instance list` / `stop`, and the admin API.
+    assert_eq!(http(port, "GET", "/session", &alice, "").status, 200);
+    let out = sb.exec(&init, &["instance", "list"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("alice"), "{}", text(&out));
+    let out = sb.exec(&init, &["instance", "list", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["instances"][0]["user"], "alice");
+    let out = sb.exec(&init, &["instance", "stop", "alice"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(eventually(Duration::from_secs(15), || instance(
+        &sb, &init, "alice"
+    )
+    .is_none()));
+    let out = sb.exec(&init, &["instance", "stop", "alice"], None);
+    assert!(!out.status.success(), "stopping nothing is an error");
+    assert!(text(&out).contains("no opencode running"), "{}", text(&out));
+    let out = sb.exec(&init, &["instance", "stop", "../users"], None);
+    assert!(!out.status.success());
+    sb.assert_host_untouched();
+}
+
+#[test]
+fn max_instances_one_gives_bob_a_page_while_alice_works() {
+    let Some((sb, init, port)) = per_user(
+        "max_instances = 1\n",
+        &[("alice", "alice-pw-1"), ("bob", "bob-pw-22")],
+    ) else {
+        return;
+    };
+    let alice = basic("alice", "alice-pw-1");
+    let bob = basic("bob", "bob-pw-22");
+    assert_eq!(http(port, "GET", "/session", &alice, "").status, 200);
+    let page = http(port, "GET", "/", &format!("{bob}Accept: text/html\r\n"), "");
+    assert_eq!(page.status, 503, "{page:?}");
+    assert!(
+        page.body.contains("No room for your workspace"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("all 1 workspaces"), "{}", page.body);
+    let api = http(port, "GET", "/session", &bob, "");
+    assert_eq!(api.status, 503);
+    assert!(api.body.contains("instances_full"), "{api:?}");
+    assert!(api.header("retry-after").is_some());
+    // alice is never stopped to make room, and keeps working.
+    assert_eq!(http(port, "GET", "/session", &alice, "").status, 200);
+    assert!(instance(&sb, &init, "bob").is_none());
+    let st = status_json(&sb, &init);
+    assert_eq!(st["instances"].as_array().unwrap().len(), 1, "{st}");
+}
+
+/// A sandbox with the fake opencode (`behavior`) per user.
+fn fake_per_user(behavior: &str, users: &[(&str, &str)]) -> (Sandbox, Init, u16) {
+    let (sb, port) = proxied(
+        &format!(
+            "['{}', 'fake-opencode', '--behavior', '{behavior}']",
+            support::CHILD
+        ),
+        "instances = 'per-user'\ninstance_start_timeout = '20s'\n",
+    );
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log_within("proxy is ready", Duration::from_secs(30));
+    for (name, pw) in users {
+        add_user(&sb, &init, name, pw);
+    }
+    gate_open(&sb, &init);
+    (sb, init, port)
+}
+
+#[test]
+fn a_browser_sees_its_workspace_start_and_why_it_cannot() {
+    let (_sb, _init, port) = fake_per_user("slow", &[("carol", "carol-pw-3")]);
+    let carol = basic("carol", "carol-pw-3");
+    let nav = format!("{carol}Accept: text/html\r\n");
+    let first = http(port, "GET", "/", &nav, "");
+    assert_eq!(first.status, 503, "{first:?}");
+    assert!(
+        first.body.contains("Starting your workspace"),
+        "{}",
+        first.body
+    );
+    assert!(first.body.contains("http-equiv=\"refresh\""));
+    assert_eq!(first.header("retry-after").as_deref(), Some("2"));
+    // The page's reload lands in opencode once it is up.
+    assert!(eventually(Duration::from_secs(20), || {
+        let r = http(port, "GET", "/", &nav, "");
+        r.status == 200 && r.body.contains("fake opencode")
+    }));
+
+    let (sb, mut init, port) =
+        fake_per_user("crash", &[("dave", "dave-pw-44"), ("erin", "erin-pw-5")]);
+    let dave = basic("dave", "dave-pw-44");
+    let api = http(port, "GET", "/session", &dave, "");
+    assert_eq!(api.status, 503, "{api:?}");
+    init.expect_log_within("opencode@dave gave up", Duration::from_secs(60));
+    let page = http(
+        port,
+        "GET",
+        "/",
+        &format!("{dave}Accept: text/html\r\n"),
+        "",
+    );
+    assert_eq!(page.status, 503);
+    assert!(
+        page.body.contains("Your workspace cannot start"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("keeps failing"), "{}", page.body);
+    let api = http(port, "GET", "/session", &dave, "");
+    assert!(api.body.contains("instance_failed"), "{api:?}");
+    assert_eq!(instance(&sb, &init, "dave").unwrap()["state"], "failed");
+    // Other users are not affected by dave's trouble: erin's is asked for and tried too.
+    let erin = http(port, "GET", "/session", &basic("erin", "erin-pw-5"), "");
+    assert_eq!(erin.status, 503);
+    assert!(instance(&sb, &init, "erin").is_some());
+}
+
+#[test]
+fn shared_still_behaves_as_before() {
+    let Some(bin) = opencode_bin() else { return };
+    let (sb, port) = proxied(&format!("['{bin}', 'serve']"), "instances = 'shared'\n");
+    let mut init = sb.boot(&[], &[]);
+    add_user(&sb, &init, "alice", "alice-pw-1");
+    add_user(&sb, &init, "bob", "bob-pw-22");
+    init.expect_log_within("opencode is ready", Duration::from_secs(120));
+    let alice = basic("alice", "alice-pw-1");
+    assert!(eventually(Duration::from_secs(20), || http(
+        port, "GET", "/session", &alice, ""
+    )
+    .status
+        == 200));
+    let st = status_json(&sb, &init);
+    assert_eq!(st["layout"], "shared");
+    let list = st["instances"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{st}");
+    assert_eq!(list[0]["user"], "opencoder");
+    let pid = host_pid_of(&init, list[0]["pid"].as_i64().unwrap() as i32);
+    assert_eq!(uid_of(pid), Some(sandbox_uid(&sb, "opencoder")));
+    let out = sb.exec(&init, &["instance", "stop", "alice"], None);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("shared"), "{}", text(&out));
 }
