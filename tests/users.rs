@@ -703,3 +703,63 @@ fn read_only_manifest_keeps_unsaved_changes_until_the_next_boot() {
     drop(init);
     sb.assert_host_untouched();
 }
+
+/// A rebuild: the container's /etc comes fresh from the image, /home and the manifest stay.
+fn rebuild(sb: &Sandbox) {
+    let etc = sb.path("etc");
+    std::fs::remove_dir_all(&etc).unwrap();
+    let ok = std::process::Command::new("cp")
+        .args(["-a", "/etc"])
+        .arg(&etc)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let pam = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rootfs/etc/pam.d/opencode");
+    std::fs::copy(pam, etc.join("pam.d/opencode")).unwrap();
+}
+
+fn uid_in(sb: &Sandbox, name: &str) -> Option<u32> {
+    sb.passwd_line(name)?.split(':').nth(2)?.parse().ok()
+}
+
+fn home_owner(sb: &Sandbox, name: &str) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(sb.path("home").join(name)).unwrap().uid()
+}
+
+#[test]
+fn after_a_rebuild_every_user_owns_their_own_home_and_nobody_elses() {
+    let sb = Sandbox::new();
+    write_manifest(
+        &sb,
+        &format!("{}{}", user("alice", H1, ""), user("bob", H2, "")),
+    );
+    let (code, err) = boot(&sb);
+    assert_eq!(code, 0, "{err}");
+    let (alice_uid, bob_uid) = (uid_in(&sb, "alice").unwrap(), uid_in(&sb, "bob").unwrap());
+    assert_eq!(home_owner(&sb, "alice"), alice_uid);
+    // alice leaves; the next container restores only bob, on the same /home.
+    write_manifest(&sb, &user("bob", H2, ""));
+    rebuild(&sb);
+    let (code, err) = boot(&sb);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        uid_in(&sb, "bob"),
+        Some(bob_uid),
+        "bob comes back to his own files"
+    );
+    assert_eq!(home_owner(&sb, "bob"), bob_uid);
+    // A newcomer never inherits alice's files.
+    write_manifest(
+        &sb,
+        &format!("{}{}", user("bob", H2, ""), user("carol", H1, "")),
+    );
+    rebuild(&sb);
+    let (code, err) = boot(&sb);
+    assert_eq!(code, 0, "{err}");
+    let carol = uid_in(&sb, "carol").unwrap();
+    assert_ne!(carol, alice_uid, "carol got alice's uid and her files");
+    assert_eq!(uid_in(&sb, "bob"), Some(bob_uid));
+    assert_eq!(home_owner(&sb, "carol"), carol);
+    sb.assert_host_untouched();
+}

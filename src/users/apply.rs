@@ -5,6 +5,8 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use std::path::Path;
+
 use super::accounts::MANAGED_GECOS;
 use super::plan::{NewUser, Plan};
 use super::UsersError;
@@ -72,6 +74,55 @@ fn etc_is_read_only() -> bool {
         .unwrap_or(false)
 }
 
+/// Lowest uid given to a login user (login.defs' UID_MIN).
+const UID_MIN: u32 = 1000;
+
+/// The uid for a new login user the manifest gives none: the owner of their existing home
+/// when no account holds that uid (after a rebuild on the same `/home` volume the account
+/// comes back to its own files, whatever order users are created in), else one above every
+/// account's and every home owner's uid (a new user never inherits a departed user's
+/// files). `None`: let useradd choose. Pure.
+pub fn choose_uid(home_owner: Option<u32>, taken: &[u32], home_owners: &[u32]) -> Option<u32> {
+    if let Some(owner) = home_owner.filter(|o| *o >= UID_MIN && !taken.contains(o)) {
+        return Some(owner);
+    }
+    let top = taken
+        .iter()
+        .chain(home_owners)
+        .copied()
+        .filter(|u| (UID_MIN..60000).contains(u))
+        .max()?;
+    Some(top + 1)
+}
+
+/// [`choose_uid`] with the facts of /etc/passwd and /home.
+fn pick_uid(name: &str) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let taken: Vec<u32> = std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect();
+    let home_owners: Vec<u32> = std::fs::read_dir("/home")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::symlink_metadata(e.path()).ok())
+                .map(|m| m.uid())
+                .collect()
+        })
+        .unwrap_or_default();
+    let own = std::fs::symlink_metadata(Path::new("/home").join(name))
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| m.uid());
+    if let Some(o) = own.filter(|o| taken.contains(o)) {
+        log::warn!(
+            "users: /home/{name} belongs to uid {o}, which another account holds; {name} gets a new uid and cannot use those files (fix the owner by hand)"
+        );
+    }
+    choose_uid(own, &taken, &home_owners)
+}
+
 /// `useradd -m -l -s /bin/bash -c <marker> [-u UID] NAME`
 pub fn useradd(user: &NewUser) -> Result<(), UsersError> {
     let mut cmd = tool("useradd");
@@ -86,7 +137,7 @@ pub fn useradd(user: &NewUser) -> Result<(), UsersError> {
         "-c",
         MANAGED_GECOS,
     ]);
-    if let Some(uid) = user.uid {
+    if let Some(uid) = user.uid.or_else(|| pick_uid(&user.name)) {
         cmd.arg("-u").arg(uid.to_string());
     }
     cmd.arg("--").arg(&user.name);
@@ -221,6 +272,26 @@ pub fn order(plan: &Plan) -> (ShadowBatch, ShadowBatch) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uids_follow_homes_and_never_reuse_a_departed_users() {
+        // alice (1002) was removed; bob's home is 1003's: bob gets 1003 back, not 1002.
+        assert_eq!(
+            choose_uid(Some(1003), &[0, 1001], &[1001, 1002, 1003]),
+            Some(1003)
+        );
+        // A new user: above every account and every home owner.
+        assert_eq!(
+            choose_uid(None, &[0, 1001], &[1001, 1002, 1003]),
+            Some(1004)
+        );
+        // A home owned by an account's uid is not taken over.
+        assert_eq!(choose_uid(Some(1001), &[1001], &[1001]), Some(1002));
+        // Root-owned or system homes do not pick the uid.
+        assert_eq!(choose_uid(Some(0), &[1001], &[]), Some(1002));
+        // Nothing in range: useradd's own choice.
+        assert_eq!(choose_uid(None, &[0, 65534], &[]), None);
+    }
 
     #[test]
     fn locks_of_existing_users_go_first() {
