@@ -257,6 +257,18 @@ fn every_route_matches_the_openapi_document() {
     );
     init.expect_log("restarting opencode on request");
     assert!(eventually(DEADLINE, || starts(&sb).len() >= 3));
+    // One shared opencode: listed as the service user's; there is no per-user one to stop.
+    let v = check("GET", "/v1/instances", "/v1/instances", None, 200);
+    assert_eq!(v["instances"][0]["user"], "opencoder", "{v}");
+    let v = check(
+        "POST",
+        "/v1/instances/alice/stop",
+        "/v1/instances/{user}/stop",
+        None,
+        404,
+    );
+    assert!(v["error"].as_str().unwrap().contains("shared"), "{v}");
+
     check(
         "DELETE",
         "/v1/users/alice?force=true",

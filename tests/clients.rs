@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::front::{add_user, opencode_bin, proxied};
+use support::front::{add_user, opencode_bin, proxied, status_json};
 use support::http::{basic, http, Resp};
 use support::sandbox::{text, wait_output, Sandbox};
 use support::Init;
@@ -841,4 +841,73 @@ fn the_same_page_from_a_trusted_origin_does_get_a_terminal() {
         a.sessions_after.len(),
         serde_json::Value::Array(attack_answers(seen))
     );
+}
+
+#[test]
+fn two_people_in_two_browsers_each_see_only_their_own_sessions() {
+    let Some(bin) = opencode_bin() else { return };
+    let Some(dir) = browser_dir() else { return };
+    std::fs::copy(
+        root().join("tests/browser/two_users.mjs"),
+        dir.join("two_users.mjs"),
+    )
+    .unwrap();
+    let shots = root().join("target/browser-shots/two-users");
+    std::fs::create_dir_all(&shots).unwrap();
+    let (sb, port) = proxied(
+        &format!("['{bin}', 'serve']"),
+        "instances = 'per-user'\ninstance_start_timeout = '60s'\n",
+    );
+    let mut init = sb.boot(&[], &[]);
+    init.expect_log_within("proxy is ready", Duration::from_secs(30));
+    add_user(&sb, &init, "alice", "alice in chromium 1");
+    add_user(&sb, &init, "bob", "bob in chromium 22");
+    std::thread::sleep(Duration::from_millis(700));
+    let (seen, out) = node(
+        &dir,
+        "two_users.mjs",
+        &[
+            &format!("http://127.0.0.1:{port}/"),
+            "alice",
+            "alice in chromium 1",
+            "bob",
+            "bob in chromium 22",
+            &shots.display().to_string(),
+        ],
+        &[],
+        Duration::from_secs(240),
+    );
+    assert!(out.status.success(), "{seen}\n{}", text(&out));
+    for (me, other) in [("alice", "bob"), ("bob", "alice")] {
+        let v = &seen[me];
+        assert_eq!(v["appTitle"], "OpenCode", "{seen}");
+        assert_eq!(v["created"], 200, "{seen}");
+        let titles: Vec<&str> = v["titles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t.as_str())
+            .collect();
+        assert!(
+            titles.contains(&format!("{me}-private-plans").as_str()),
+            "{seen}"
+        );
+        assert!(
+            !titles.iter().any(|t| t.starts_with(other)),
+            "{me} sees {other}'s sessions: {titles:?}"
+        );
+        assert!(!v["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("{other}-private")));
+        assert!(shots.join(format!("{me}.png")).exists());
+    }
+    let st = status_json(&sb, &init);
+    let users: Vec<&str> = st["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["user"].as_str())
+        .collect();
+    assert_eq!(users, vec!["alice", "bob"], "{st}");
 }

@@ -77,6 +77,14 @@ fn state_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// `occ-init health` says ready within two minutes (per user: the proxy answers and the gate
+/// is open; each user's opencode starts on their first request).
+fn healthy(name: &str) -> bool {
+    support::eventually(Duration::from_secs(120), || {
+        exec(name, &["occ-init", "health"], None).status.code() == Some(0)
+    })
+}
+
 #[test]
 fn gated_boot_first_user_pam_stop_and_restore() {
     if skip() {
@@ -112,7 +120,7 @@ fn gated_boot_first_user_pam_stop_and_restore() {
     assert_eq!(add.status.code(), Some(0), "{}", text(&add));
     let manifest = std::fs::read_to_string(users.path().join("users.toml")).unwrap();
     assert!(manifest.contains("name = \"alice\""));
-    init.expect_log_within("opencode is ready", Duration::from_secs(120));
+    assert!(healthy(&name), "never healthy");
     assert_eq!(
         exec(&name, &["occ-init", "health"], None).status.code(),
         Some(0)
@@ -123,6 +131,41 @@ fn gated_boot_first_user_pam_stop_and_restore() {
         Some("alice's password\n"),
     );
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    // Her first request starts her own opencode, as alice, in the image's layout.
+    let auth = support::http::b64("alice:alice's password");
+    let get = exec(
+        &name,
+        &[
+            "bash",
+            "-c",
+            &format!(
+                "exec 3<>/dev/tcp/127.0.0.1/3000; printf 'GET /session HTTP/1.0\\r\\nAuthorization: Basic {auth}\\r\\n\\r\\n' >&3; timeout 60 cat <&3"
+            ),
+        ],
+        None,
+    );
+    assert!(text(&get).contains(" 200 OK"), "{}", text(&get));
+    let list = exec(&name, &["occ-init", "instance", "list", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(v["instances"][0]["user"], "alice", "{v}");
+    assert_eq!(v["instances"][0]["state"], "ready", "{v}");
+    let ps = exec(
+        &name,
+        &[
+            "ps",
+            "-o",
+            "user=",
+            "-p",
+            &v["instances"][0]["pid"].to_string(),
+        ],
+        None,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ps.stdout).trim(),
+        "alice",
+        "{}",
+        text(&ps)
+    );
     let hash =
         shadow_hash(&state_dir(&name), "alice").expect("alice in the container's /etc/shadow");
     assert!(manifest.contains(&hash));
@@ -143,14 +186,14 @@ fn gated_boot_first_user_pam_stop_and_restore() {
         "users: 0 created, 0 updated, 0 locked (left the manifest), 1 unchanged",
         Duration::from_secs(120),
     );
-    init.expect_log_within("opencode is ready", Duration::from_secs(120));
+    assert!(healthy(&name), "never healthy");
     stop(&name);
     init.exit_code(Duration::from_secs(60));
 
     // A rebuilt container (fresh /etc) from the same manifest: alice restored with the same hash.
     let mut init = boot(&name, users.path(), &["--fresh"]);
     init.expect_log_within("users: 1 created", Duration::from_secs(120));
-    init.expect_log_within("opencode is ready", Duration::from_secs(120));
+    assert!(healthy(&name), "never healthy");
     assert_eq!(
         shadow_hash(&state_dir(&name), "alice").as_deref(),
         Some(hash.as_str())
@@ -186,7 +229,7 @@ fn pid2_under_tini_like_compose_init_true() {
         ],
     );
     init.expect_log_within("registered as child subreaper", Duration::from_secs(600));
-    init.expect_log_within("opencode is ready", Duration::from_secs(120));
+    assert!(healthy(&name), "never healthy");
     let ps = exec(&name, &["ps", "-eo", "pid,comm"], None);
     let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
     assert!(
