@@ -355,7 +355,8 @@ class Runner:
             f.write(f"command = {json.dumps(command)}\nhost = '127.0.0.1'\nport = {port}\n"
                     f"admin_socket = '{sock}'\nauth_socket = '{d}/proxy/auth.sock'\n"
                     f"users_file = '{d}/users.toml'\nservice_user = 'benchoc'\n"
-                    "env = { OPENCODE_DISABLE_AUTOUPDATE = 'true' }\n" + extra)
+                    "env = { OPENCODE_DISABLE_AUTOUPDATE = 'true' }\n"
+                    + ("" if "instances =" in extra else "instances = 'shared'\n") + extra)
         env = {**os.environ, "OCC_CONFIG": f"{d}/init.toml", "OCC_LOG": os.environ.get("BENCH_OCC_LOG", "warn")}
         script = (f'mount --bind "{d}/etc" /etc && mount --bind "{d}/home" /home && '
                   'useradd -m benchoc && exec "$@"')
@@ -387,8 +388,9 @@ class Runner:
         # nginx send it as the proxy does.
         code, body = unix_request(f"{d}/proxy/auth.sock", "GET", "/v1/auth/state")
         upstream_auth = json.loads(body).get("upstream_authorization") if code == 200 else None
+        listen = status["opencode"]["listen"].rsplit(":", 1)
         return {"dir": d, "proc": p, "port": port, "sock": sock, "status": status, "pid1": pid1,
-                "proxy": proxy[0], "upstream": int(status["opencode"]["listen"].rsplit(":", 1)[1]),
+                "proxy": proxy[0], "upstream": int(listen[1]) if len(listen) == 2 else None,
                 "upstream_auth": upstream_auth or AUTH}
 
     def nginx_proxy(self, name, upstream_port, htpasswd_line, upstream_auth):

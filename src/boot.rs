@@ -1235,6 +1235,8 @@ fn instance_settings(cfg: &Config) -> Settings {
     let mut s = Settings::from(cfg);
     s.restart = crate::config::RestartPolicy::Always;
     s.crash_loop_action = crate::config::CrashLoopAction::Exit;
+    // Its user is waiting for the first answer: readiness is noticed within 50 ms.
+    s.startup_probe = std::time::Duration::from_millis(50);
     s
 }
 

@@ -142,7 +142,9 @@ fn gate_first_user_logins_stop_start_and_a_new_container_on_the_volume() {
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:3000");
     let mount = format!("{volume}:/var/lib/occ");
-    let c = e.start(&name, &["-p", &publish, "-v", &mount]);
+    let homes = unique("home");
+    let home_mount = format!("{homes}:/home");
+    let c = e.start(&name, &["-p", &publish, "-v", &mount, "-v", &home_mount]);
 
     // Exposed inside the container (0.0.0.0) with no user: gated, unhealthy, the gate page.
     assert!(!e.healthy(&name), "gated must be unhealthy");
@@ -176,7 +178,11 @@ fn gate_first_user_logins_stop_start_and_a_new_container_on_the_volume() {
     );
 
     // The published port serves opencode only with a valid login.
-    assert_eq!(http(port, "GET", "/session", "", "").status, 401);
+    assert!(eventually(Duration::from_secs(5), || http(
+        port, "GET", "/session", "", ""
+    )
+    .status
+        == 401));
     let r = http(
         port,
         "POST",
@@ -199,6 +205,49 @@ fn gate_first_user_logins_stop_start_and_a_new_container_on_the_volume() {
     assert_eq!(r.status, 200, "{r:?}");
     let r = http(port, "GET", "/global/health", "", "");
     assert!(r.body.contains("\"healthy\":true"), "{r:?}");
+    // Her own opencode (per user, the image's default) runs as alice; she keeps a session
+    // and a file in her home.
+    let out = e.run_in(
+        &["exec", &name, "occ-init", "instance", "list", "--json"],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["instances"][0]["user"], "alice", "{v}");
+    let pid = v["instances"][0]["pid"].to_string();
+    let proc_dir = format!("/proc/{pid}");
+    let out = e.run_in(&["exec", &name, "stat", "-c", "%U", &proc_dir], None);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "alice",
+        "{}",
+        text(&out)
+    );
+    let alice = basic("alice", "alice container pw");
+    let r = http(
+        port,
+        "POST",
+        "/session",
+        &format!("{alice}Content-Type: application/json\r\n"),
+        r#"{"title":"survives the container"}"#,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let sid = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = e.run_in(
+        &[
+            "exec",
+            "-u",
+            "alice",
+            &name,
+            "sh",
+            "-c",
+            "echo kept > ~/workspace/notes.txt",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
 
     // stop: well within the grace period, status 0 or 143.
     let t = Instant::now();
@@ -220,9 +269,12 @@ fn gate_first_user_logins_stop_start_and_a_new_container_on_the_volume() {
     assert!(eventually(Duration::from_secs(120), || e.healthy(&name)));
     drop(c);
 
-    // A new container on the same volume: alice re-created, PAM accepts her password.
+    // A new container on the same volumes: alice re-created, PAM accepts her password, and
+    // her sessions and files are back.
     let name2 = unique("again");
-    let c2 = e.start(&name2, &["-v", &mount]);
+    let port2 = free_port();
+    let publish2 = format!("127.0.0.1:{port2}:3000");
+    let c2 = e.start(&name2, &["-p", &publish2, "-v", &mount, "-v", &home_mount]);
     assert!(eventually(Duration::from_secs(30), || e
         .logs(&name2)
         .contains("users: 1 created")));
@@ -231,8 +283,34 @@ fn gate_first_user_logins_stop_start_and_a_new_container_on_the_volume() {
         Some("alice container pw\n"),
     );
     assert!(out.status.success(), "{}", text(&out));
+    assert!(eventually(Duration::from_secs(120), || e.healthy(&name2)));
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let r = http(port2, "GET", "/session", &alice, "");
+            r.status == 200 && r.body.contains(&sid)
+        }),
+        "alice's session is gone in the new container"
+    );
+    let out = e.run_in(
+        &[
+            "exec",
+            "-u",
+            "alice",
+            &name2,
+            "cat",
+            "/home/alice/workspace/notes.txt",
+        ],
+        None,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "kept",
+        "{}",
+        text(&out)
+    );
     drop(c2);
     let _ = e.run(&["volume", "rm", "-f", &volume]);
+    let _ = e.run(&["volume", "rm", "-f", &homes]);
 }
 
 #[test]

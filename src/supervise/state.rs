@@ -46,6 +46,8 @@ pub struct Settings {
     pub health_failures: u32,
     pub startup_timeout: Duration,
     pub stop_grace: Duration,
+    /// How often a starting service is probed for readiness.
+    pub startup_probe: Duration,
 }
 
 impl From<&Config> for Settings {
@@ -62,6 +64,7 @@ impl From<&Config> for Settings {
             health_failures: c.health_failures,
             startup_timeout: c.startup_timeout,
             stop_grace: c.stop_grace,
+            startup_probe: STARTUP_PROBE_INTERVAL,
         }
     }
 }
@@ -285,7 +288,7 @@ impl Supervisor {
                 self.phase = Phase::Starting {
                     pid,
                     since: now,
-                    probe_at: now + STARTUP_PROBE_INTERVAL,
+                    probe_at: now + self.settings.startup_probe,
                 };
                 self.probe_in_flight = false;
             }
@@ -304,7 +307,7 @@ impl Supervisor {
                     self.phase = Phase::Starting {
                         pid,
                         since,
-                        probe_at: now + STARTUP_PROBE_INTERVAL,
+                        probe_at: now + self.settings.startup_probe,
                     };
                 }
             }
@@ -578,6 +581,7 @@ mod tests {
             health_failures: 3,
             startup_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(10),
+            startup_probe: STARTUP_PROBE_INTERVAL,
         }
     }
 
