@@ -83,7 +83,9 @@ def login(port, user, password):
 
 def timed_get(port, headers):
     t = time.perf_counter()
-    code, _, _ = http(port, "GET", "/session", headers)
+    code, _, body = http(port, "GET", "/session", headers)
+    if code != 200:
+        print(f"GET /session: {code} after {time.perf_counter() - t:.1f}s {body[:300]!r}", file=sys.stderr)
     return code, (time.perf_counter() - t) * 1000
 
 
@@ -99,12 +101,15 @@ def own_start(run, binary, home):
                   cwd=f"{home}/workspace", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     auth = f"Authorization: {bp.basic('opencode', 'bench')}\r\n"
     deadline = time.time() + 60
+    healthy = None
     while time.time() < deadline:
         try:
-            if bp.get(port, "/global/health", auth, timeout=2) == 200:
+            if healthy is None and bp.get(port, "/global/health", auth, timeout=2) == 200:
+                healthy = (time.perf_counter() - t) * 1000
+            if healthy is not None and bp.get(port, "/session", auth, timeout=10) == 200:
                 ms = (time.perf_counter() - t) * 1000
                 run.stop(p)
-                return ms
+                return healthy, ms
         except OSError:
             pass
         time.sleep(0.005)
@@ -199,6 +204,7 @@ def main():
             home = f"{run.tmp}/own-{i}"
             own_cold.append(own_start(run, binary, home))
             own_warm.append(own_start(run, binary, home))
+            run.procs = [q for q in run.procs if q.poll() is None]
             name, pw = f"cold{i}", "cold start pw 1"
             add_user(per, name, pw)
             cookie = login(port, name, pw)
@@ -209,6 +215,9 @@ def main():
             deadline = time.time() + 30
             while time.time() < deadline and any(x["user"] == name for x in instances(per)):
                 time.sleep(0.05)
+            # The proxy trusts a ready view for 0.5 s (proxy/instances.rs FRESH): past it, the
+            # request asks PID 1 and starts the instance again.
+            time.sleep(0.6)
             code, ms = timed_get(port, cookie)
             assert code == 200, code
             occ_warm.append(ms)
@@ -236,6 +245,7 @@ def main():
         last = max(r[1] for r in results if r)
         time.sleep(2)
         eight_rss, eight_fds = bp.rss_kib(pid1), fds(pid1)
+        cycles = []
 
         # 5. Memory per idle instance (after they settled).
         time.sleep(5)
@@ -245,12 +255,29 @@ def main():
             if host:
                 mem.append(group_memory(host))
 
-        # 3. Warm requests: per-user instance vs shared, interleaved.
+        # 4 (cycles). Stop all 8 and start them again, twice: PID 1 must not grow per cycle.
+        for _ in range(2):
+            stop_all(per)
+            time.sleep(1)
+            stopped = (bp.rss_kib(pid1), fds(pid1))
+            time.sleep(0.6)
+            threads = [threading.Thread(target=first, args=(k,)) for k in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            cycles.append((stopped, (bp.rss_kib(pid1), fds(pid1))))
+        stop_all(per)
+
+        # 3. Warm requests: a per-user instance vs shared, interleaved, both opencodes warmed up
+        # first (a fresh opencode answers slowly for a while) and nothing else running.
         wa = bp.basic("warm", "warm request pw 1")
         add_user(per, "warm", "warm request pw 1")
         add_user(shared, "warm", "warm request pw 1")
         assert bp.get(port, "/session", f"Authorization: {wa}\r\n", timeout=60) == 200
         assert bp.get(shared["port"], "/session", f"Authorization: {wa}\r\n", timeout=60) == 200
+        for sb in (per, shared):
+            bp.wrk(sb["port"], 1, 10, auth=wa, wait=False)
         warm = {"per-user": [], "shared": []}
         for _ in range(args.rounds):
             for label, sb in (("per-user", per), ("shared", shared)):
@@ -261,13 +288,14 @@ def main():
 
         med = statistics.median
         print(f"# per-user instances, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, build {bp.build_id()}\n")
-        print("| start | opencode's own (ms) | through occ-init (ms) | difference |")
-        print("|---|---:|---:|---:|")
+        print("| start | opencode's own: healthy (ms) | its first GET /session (ms) | first GET /session through occ-init (ms) | difference |")
+        print("|---|---:|---:|---:|---:|")
         for label, own, occ in (("cold (new user, fresh HOME)", own_cold, occ_cold),
                                 ("warm (HOME with opencode's state)", own_warm, occ_warm)):
-            print(f"| {label} | {med(own):.0f} | {med(occ):.0f} | {med(occ) - med(own):+.0f} |")
-        print(f"\nruns: own cold {[round(x) for x in own_cold]}, occ cold {[round(x) for x in occ_cold]}, "
-              f"own warm {[round(x) for x in own_warm]}, occ warm {[round(x) for x in occ_warm]}")
+            h, first = med(x[0] for x in own), med(x[1] for x in own)
+            print(f"| {label} | {h:.0f} | {first:.0f} | {med(occ):.0f} | {med(occ) - first:+.0f} |")
+        print(f"\nruns: own cold {[round(x[1]) for x in own_cold]}, occ cold {[round(x) for x in occ_cold]}, "
+              f"own warm {[round(x[1]) for x in own_warm]}, occ warm {[round(x) for x in occ_warm]}")
         print(f"\n8 users' first requests at once: {served}/8 served, the last after {last:.0f} ms")
         print("\n| warm GET /session, 1 connection | p50 (ms) | p99 (ms) | req/s |")
         print("|---|---:|---:|---:|")
@@ -281,7 +309,10 @@ def main():
         print("|---|---:|---:|")
         print(f"| no instance | {base_rss} | {base_fds} |")
         print(f"| 8 instances running | {eight_rss} | {eight_fds} |")
-        print(f"| all 8 stopped again | {after_rss} | {after_fds} |")
+        for n, (stopped, running) in enumerate(cycles, 1):
+            print(f"| cycle {n}: all stopped | {stopped[0]} | {stopped[1]} |")
+            print(f"| cycle {n}: 8 started again | {running[0]} | {running[1]} |")
+        print(f"| all stopped at the end | {after_rss} | {after_fds} |")
         if mem:
             print(f"\nidle instance memory ({len(mem)} instances): PSS median {med(p for p, _ in mem) / 1024:.0f} MiB, "
                   f"RSS median {med(r for _, r in mem) / 1024:.0f} MiB")

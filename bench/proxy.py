@@ -361,7 +361,7 @@ class Runner:
         script = (f'mount --bind "{d}/etc" /etc && mount --bind "{d}/home" /home && '
                   'useradd -m benchoc && exec "$@"')
         log = open(f"{d}/occ-init.log", "w")
-        p = self.popen(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+        p = self.popen(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc", "--kill-child",
                         "sh", "-c", script, "sh", OCC], env=env, stdout=log, stderr=log)
         deadline = time.time() + 120
         status = None

@@ -1235,8 +1235,8 @@ fn instance_settings(cfg: &Config) -> Settings {
     let mut s = Settings::from(cfg);
     s.restart = crate::config::RestartPolicy::Always;
     s.crash_loop_action = crate::config::CrashLoopAction::Exit;
-    // Its user is waiting for the first answer: readiness is noticed within 50 ms.
-    s.startup_probe = std::time::Duration::from_millis(50);
+    // Its user is waiting for the first answer: readiness is noticed within 20 ms.
+    s.startup_probe = std::time::Duration::from_millis(20);
     s
 }
 
@@ -1315,6 +1315,13 @@ pub fn start(config_path: Option<PathBuf>, overrides: Overrides, blocked: signal
     };
     init::become_subreaper();
     init::protect_memory();
+    // One malloc arena: the connection and probe threads come and go, and per-thread arenas
+    // would keep what each once used (PID 1's RSS must not grow with the instances it served).
+    // SAFETY: mallopt with integer arguments, before any thread of ours exists.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let mut boot = match Boot::new(config_path, overrides) {
         Ok(b) => b,
         Err(e) => {

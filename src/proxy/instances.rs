@@ -13,7 +13,7 @@ use crate::instances::{Activity, View, ViewState};
 /// instance is noticed within it).
 pub const FRESH: Duration = Duration::from_millis(500);
 /// While an instance starts, PID 1 is asked this often (its user is waiting).
-pub const POLL: Duration = Duration::from_millis(50);
+pub const POLL: Duration = Duration::from_millis(20);
 /// Activity goes to PID 1 this often.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// A browser's page load waits this long for a starting instance, then gets the
