@@ -823,6 +823,56 @@ mod tests {
     }
 
     #[test]
+    fn per_user_is_the_default_behind_the_proxy_and_needs_it() {
+        let c = Config::build(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.layout(), Instances::PerUser);
+        let c = Config::build(
+            None,
+            &env(&[("OCC_AUTH", "opencode")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.layout(),
+            Instances::Shared,
+            "only the proxy knows who asks"
+        );
+        let c = Config::build(
+            None,
+            &env(&[("OCC_INSTANCES", "shared")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.layout(), Instances::Shared);
+        let e = Config::build(
+            None,
+            &env(&[("OCC_INSTANCES", "per-user"), ("OCC_AUTH", "none")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("per-user needs auth = proxy"), "{e}");
+        let c = Config::build(
+            None,
+            &env(&[
+                ("OCC_MAX_INSTANCES", "3"),
+                ("OCC_INSTANCE_IDLE_TIMEOUT", "0"),
+                ("OCC_INSTANCE_START_TIMEOUT", "5s"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.max_instances, 3);
+        assert!(c.instance_idle_timeout.is_zero());
+        assert_eq!(c.instance_start_timeout, Duration::from_secs(5));
+        for bad in [("OCC_MAX_INSTANCES", "0"), ("OCC_INSTANCES", "per-group")] {
+            assert!(
+                Config::build(None, &env(&[bad]), &Overrides::default()).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn every_key_has_an_env_form() {
         let rendered: toml::Table = Config {
             workdir: Some("/w".into()),

@@ -64,7 +64,14 @@ fn boot_env(
     for (name, pw) in users {
         add_user(&sb, &init, name, pw);
     }
-    init.expect_log_within("opencode is ready", Duration::from_secs(120));
+    if extra.contains("per-user") {
+        // Nothing runs yet: each user's opencode starts on their first request. The proxy
+        // reads the opened gate within 0.5 s.
+        init.expect_log_within("proxy is ready", Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(700));
+    } else {
+        init.expect_log_within("opencode is ready", Duration::from_secs(120));
+    }
     (sb, port, init)
 }
 
@@ -185,12 +192,22 @@ impl Drop for Tmux {
 /// (`OPENCODE_SERVER_PASSWORD`), never its argv.
 #[test]
 fn opencodes_tui_attaches_on_first_contact() {
+    tui_first_contact("");
+}
+
+/// Per user, the TUI's first requests also start alice's own opencode: they wait for it.
+#[test]
+fn opencodes_tui_attaches_to_its_users_own_opencode_on_first_contact() {
+    tui_first_contact("instances = 'per-user'\n");
+}
+
+fn tui_first_contact(extra: &str) {
     let Some(bin) = opencode_bin() else { return };
     let Some(()) = need(on_path("tmux") && on_path("timeout"), "tmux") else {
         return;
     };
     let pw = "tui first contact 7";
-    let (sb, port, mut init) = boot_with(&bin, "", &[("alice", pw)]);
+    let (sb, port, mut init) = boot_with(&bin, extra, &[("alice", pw)]);
 
     // The TUI's own home, config, data and cache: a temp dir, never the real home.
     let home = tempfile::tempdir().unwrap();
@@ -338,12 +355,23 @@ fn sdk_dir() -> Option<PathBuf> {
 /// right password, also on first contact, all answer 200. Nothing is logged as failed.
 #[test]
 fn the_sdk_works_with_parallel_calls_on_first_contact() {
+    sdk_first_contact("");
+}
+
+/// Per user: the SDK's and the raw burst's first requests each start their user's own
+/// opencode (one each) and all succeed.
+#[test]
+fn the_sdk_works_with_its_users_own_opencode_on_first_contact() {
+    sdk_first_contact("instances = 'per-user'\ninstance_start_timeout = '60s'\n");
+}
+
+fn sdk_first_contact(extra: &str) {
     let Some(bin) = opencode_bin() else { return };
     let Some(dir) = sdk_dir() else { return };
     std::fs::copy(root().join("tests/clients/sdk.mjs"), dir.join("sdk.mjs")).unwrap();
     let alice_pw = "sdk first contact 1";
     let bob_pw = "raw first contact 2";
-    let (sb, port, mut init) = boot_with(&bin, "", &[("alice", alice_pw), ("bob", bob_pw)]);
+    let (sb, port, mut init) = boot_with(&bin, extra, &[("alice", alice_pw), ("bob", bob_pw)]);
 
     // Raw: bob's first requests, ten at once.
     let burst: Vec<_> = (0..10)
@@ -382,6 +410,16 @@ fn the_sdk_works_with_parallel_calls_on_first_contact() {
     // The session it created is opencode's, seen by anyone with a login.
     let r = http(port, "GET", "/session", &basic("alice", alice_pw), "");
     assert!(ids(&r).contains(created), "{r:?}");
+    if extra.contains("per-user") {
+        // One opencode each, started once each however many first requests came at once.
+        assert_eq!(init.count_log("starting alice's own opencode"), 1);
+        assert_eq!(init.count_log("starting bob's own opencode"), 1);
+        let r = http(port, "GET", "/session", &basic("bob", bob_pw), "");
+        assert!(
+            !ids(&r).contains(created),
+            "bob sees alice's session: {r:?}"
+        );
+    }
 
     let log = init.stderr_text();
     for bad in ["login failed", "rate limited", "login refused"] {
