@@ -135,7 +135,8 @@ impl Boot {
             return no_instance(user, ViewState::Failed, why);
         }
         if let Some(why) = self.gate_reason() {
-            return no_instance(user, ViewState::Stopped, why);
+            // Nothing to wait for: the gate opens on an administrator's action.
+            return no_instance(user, ViewState::Failed, why);
         }
         if !self.active_users.iter().any(|u| u == user) {
             let why = format!("{user} is not a user who can log in");
