@@ -559,8 +559,9 @@ impl Boot {
             per_user: self.cfg.per_user(),
             upstream_authorization: oc.and_then(|s| s.authorization.clone()),
             upstream: oc
-                .filter(|_| self.cfg.auth == AuthMode::Proxy)
+                .filter(|s| self.cfg.auth == AuthMode::Proxy && s.port != 0)
                 .map(|s| format!("127.0.0.1:{}", s.port)),
+            upstream_uid: oc.and_then(|s| s.runs_as).map(|(uid, _)| uid),
         };
         if let Ok(mut g) = shared.gate.lock() {
             *g = view;
@@ -888,23 +889,15 @@ impl Boot {
             return Event::SpawnFailed(1);
         };
         let instance = svc.kind == ServiceKind::Instance;
-        // Behind the proxy, a port that someone else took meanwhile (a process from an
-        // opencode terminal) is given up for a fresh one: the proxy follows. An instance
-        // gets a fresh port at every start.
-        if auth == AuthMode::Proxy
-            && (instance || (!fixed_port && oc::port_in_use("127.0.0.1", svc.port)))
-        {
-            let old = svc.port;
-            svc.port = free_port();
-            if !instance {
-                log::warn!(
-                    "opencode's port {old} on 127.0.0.1 was taken by another process; opencode moves to {}",
-                    svc.port
-                );
-            }
+        // Behind the proxy opencode binds a port the kernel picks (`--port 0`), found by its
+        // first probe among the sockets of opencode's own process: no other process can know
+        // the port before it is bound, so none can take it first (to catch the first probe's
+        // credentials, or to make every start fail). Only a fixed `internal_port` is given.
+        if auth == AuthMode::Proxy && (instance || !fixed_port) {
+            svc.port = 0;
         }
         let (host, port) = self.cfg.opencode_listen(svc.port);
-        if oc::port_in_use(&host, port) {
+        if port != 0 && oc::port_in_use(&host, port) {
             log::error!(
                 "port {port} on {host} is already in use by another process: opencode cannot listen there"
             );
@@ -1193,8 +1186,8 @@ impl Boot {
                     events.push((name.clone(), Event::Exited { pid, code }));
                 }
             }
-            for (name, check, result) in self.prober.results() {
-                self.probed(name, check, result, now, &mut events);
+            for (name, check, pid, result) in self.prober.results() {
+                self.probed(name, check, pid, result, now, &mut events);
             }
             self.serve_jobs(now, &mut events);
             self.poll_user_job(&mut events);
@@ -1304,8 +1297,45 @@ fn proxy_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
     env
 }
 
+/// Whatever descriptors above stderr occ-init inherited (a build tool's lock, an engine's
+/// leftovers) are closed on exec: no child — the proxy, a user's opencode and what it runs —
+/// gets them. PID 1 hands its children only what it means to (`pass_fds`).
+fn cloexec_inherited() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on our descriptors.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        )
+    } == 0;
+    if done {
+        return;
+    }
+    // Older kernels: one fcntl per open descriptor.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|fd| *fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number; a closed one just fails.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 /// Entry point of the default start.
 pub fn start(config_path: Option<PathBuf>, overrides: Overrides, blocked: signals::Blocked) -> i32 {
+    cloexec_inherited();
     let mut reader = match SignalReader::new(&blocked.mask) {
         Ok(r) => r,
         Err(e) => {

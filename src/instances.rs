@@ -145,6 +145,10 @@ pub struct View {
     /// The `Authorization` its current start accepts.
     #[serde(default)]
     pub authorization: Option<String>,
+    /// The uid it runs as: the proxy relays only to a port whose listening socket is that
+    /// uid's (a process of another user that took a freed port gets nothing).
+    #[serde(default)]
+    pub uid: Option<u32>,
     /// Why it is not ready, in words for the user.
     #[serde(default)]
     pub reason: Option<String>,
@@ -321,6 +325,7 @@ mod tests {
             state: ViewState::Ready,
             upstream: Some("127.0.0.1:1".into()),
             authorization: Some("Basic c2VjcmV0".into()),
+            uid: Some(1001),
             reason: None,
         };
         assert!(!format!("{v:?}").contains("c2VjcmV0"));

@@ -307,13 +307,13 @@ fn instances_start_once_stop_when_idle_unless_busy_and_come_back() {
     };
     let alice = basic("alice", "alice-pw-1");
     // Ten first requests at once start exactly one opencode, and all are answered.
-    let codes: Vec<u16> = std::thread::scope(|s| {
+    let codes: Vec<support::http::Resp> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..10)
-            .map(|_| s.spawn(|| http(port, "GET", "/session", &alice, "").status))
+            .map(|_| s.spawn(|| http(port, "GET", "/session", &alice, "")))
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    assert!(codes.iter().all(|r| r.status == 200), "{codes:?}");
     assert_eq!(init.count_log("starting alice's own opencode"), 1);
     let r = http(
         port,
@@ -528,4 +528,194 @@ fn shared_still_behaves_as_before() {
     let out = sb.exec(&init, &["instance", "stop", "alice"], None);
     assert!(!out.status.success());
     assert!(text(&out).contains("shared"), "{}", text(&out));
+}
+
+/// `argv` as `user` (setpriv, no_new_privs, like a process from their terminal) inside the
+/// running sandbox's namespaces, in the background.
+fn spawn_as(init: &Init, user: &str, argv: &[&str]) -> KillOnDrop {
+    let pid = init.init_pid().as_raw().to_string();
+    let child = std::process::Command::new("nsenter")
+        .args(["--target", &pid, "--pid", "--mount", "--", "setpriv"])
+        .args([
+            "--reuid",
+            user,
+            "--regid",
+            user,
+            "--init-groups",
+            "--no-new-privs",
+            "--",
+        ])
+        .args(argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nsenter");
+    KillOnDrop(child)
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A file anyone in the sandbox may write (the sandbox dir itself is root's).
+fn shared_file(sb: &Sandbox, name: &str) -> std::path::PathBuf {
+    let p = sb.path(name);
+    std::fs::write(&p, "").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+    p
+}
+
+fn attack(script: &str) -> String {
+    format!("{}/tests/attack/{script}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn bob_cannot_catch_alices_credentials_or_take_over_her_port() {
+    let Some((sb, mut init, port)) = per_user("", &[("alice", "alice-pw-1"), ("bob", "bob-pw-22")])
+    else {
+        return;
+    };
+    let alice = basic("alice", "alice-pw-1");
+    let log = shared_file(&sb, "thief.log");
+    let uid = sandbox_uid(&sb, "alice").to_string();
+    let _thief = spawn_as(
+        &init,
+        "bob",
+        &[
+            "/usr/bin/python3",
+            &attack("thief.py"),
+            &uid,
+            &log.display().to_string(),
+            "120",
+        ],
+    );
+    assert!(eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("START")
+    }));
+    // Her instance starts while bob watches every process for its port.
+    let first = http(port, "GET", "/session", &alice, "");
+    assert_eq!(first.status, 200, "{first:?}\n{}", init.stderr_text());
+    let mut answers = Vec::new();
+    // Her opencode dies (kill -9) and is stopped on request: each time bob binds the port it
+    // freed at once, and her next requests come right after, while the proxy may still
+    // believe the old port.
+    for round in 0..2 {
+        let pid = instance_pid(&sb, &init, "alice").expect("alice's opencode");
+        let old = instance(&sb, &init, "alice").unwrap()["port"]
+            .as_u64()
+            .unwrap();
+        if round == 0 {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        } else {
+            let out = sb.exec(&init, &["instance", "stop", "alice"], None);
+            assert!(out.status.success(), "{}", text(&out));
+        }
+        assert!(
+            eventually(Duration::from_secs(10), || std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(&format!("BOUND {old} (follow)"))),
+            "the attack did not happen: bob never got the freed port {old}:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = http(port, "GET", "/session", &alice, "");
+            answers.push((r.status, r.body.clone()));
+            if r.status == 200 || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            answers.last().unwrap().0,
+            200,
+            "alice is served again: {answers:?}"
+        );
+    }
+    init.expect_log_within("opencode@alice is ready", Duration::from_secs(5));
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !seen.contains("REQUEST"),
+        "bob's socket got a request:\n{seen}"
+    );
+    assert!(
+        !seen.contains("Authorization"),
+        "bob caught credentials:\n{seen}"
+    );
+    assert!(
+        !seen.contains("(squat"),
+        "a port was visible before opencode bound it:\n{seen}"
+    );
+    assert!(
+        answers.iter().all(|(_, b)| !b.contains("THIEF")),
+        "alice got bob's page: {answers:?}"
+    );
+    sb.assert_host_untouched();
+}
+
+#[test]
+fn a_lock_ends_a_process_chain_that_forks_faster_than_a_scan() {
+    let Some((sb, init, port)) = per_user("", &[("alice", "alice-pw-1")]) else {
+        return;
+    };
+    assert_eq!(
+        http(port, "GET", "/session", &basic("alice", "alice-pw-1"), "").status,
+        200
+    );
+    let beat = shared_file(&sb, "hopper.beat");
+    let _hopper = spawn_as(
+        &init,
+        "alice",
+        &[
+            "setsid",
+            "/usr/bin/python3",
+            &attack("hopper.py"),
+            &beat.display().to_string(),
+            "120",
+        ],
+    );
+    let read = || std::fs::read_to_string(&beat).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(10), || !read().is_empty()),
+        "hopper never ran"
+    );
+    let out = sb.exec(&init, &["user", "lock", "alice"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    std::thread::sleep(Duration::from_secs(5));
+    let after = read();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        read(),
+        after,
+        "alice's process chain outlived her lock by 5 s"
+    );
+    let uid = sandbox_uid(&sb, "alice");
+    let ns = std::fs::read_link(format!("/proc/{}/ns/pid", init.init_pid())).unwrap();
+    let alive: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|p: &i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok() == Some(ns.clone()))
+        .filter(|p| uid_of(*p) == Some(uid))
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(alive.is_empty(), "alice still runs {alive:?}");
+    sb.assert_host_untouched();
 }

@@ -147,8 +147,10 @@ pub struct GateView {
     /// The `Authorization` value opencode's current start accepts (its per-start random
     /// password), for the proxy to send upstream.
     pub upstream_authorization: Option<Arc<SecretString>>,
-    /// Where opencode listens now (`127.0.0.1:PORT`; it moves when its port was taken).
+    /// Where opencode listens now (`127.0.0.1:PORT`; a new port at every start).
     pub upstream: Option<String>,
+    /// The uid opencode runs as (only its socket on that port may get the proxy's requests).
+    pub upstream_uid: Option<u32>,
 }
 
 /// A unix socket this process bound. At exit it is removed only if the path still names
@@ -512,7 +514,7 @@ fn handle_auth(route: api::AuthRoute, shared: &Shared) -> Response {
             Ok(ok(
                 200,
                 json!({"gated": gate.reason.is_some(), "reason": gate.reason, "ready": gate.ready,
-                       "users": gate.users, "upstream": gate.upstream, "per_user": gate.per_user,
+                       "users": gate.users, "upstream": gate.upstream, "upstream_uid": gate.upstream_uid, "per_user": gate.per_user,
                        "upstream_authorization": gate.upstream_authorization.as_ref().map(|a| a.expose())}),
             ))
         }

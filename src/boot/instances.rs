@@ -53,6 +53,7 @@ fn view_of(s: &Service) -> View {
         state: ViewState::Starting,
         upstream: None,
         authorization: None,
+        uid: None,
         reason: None,
     };
     match &s.sv.phase {
@@ -60,6 +61,7 @@ fn view_of(s: &Service) -> View {
             v.state = ViewState::Ready;
             v.upstream = Some(format!("127.0.0.1:{}", s.port));
             v.authorization = s.authorization.as_ref().map(|a| a.expose().to_string());
+            v.uid = s.runs_as.map(|(uid, _)| uid);
         }
         Phase::Stopped { .. } => {
             v.state = ViewState::Failed;
@@ -90,6 +92,7 @@ fn no_instance(user: &str, state: ViewState, reason: String) -> View {
         state,
         upstream: None,
         authorization: None,
+        uid: None,
         reason: Some(reason),
     }
 }
@@ -288,10 +291,29 @@ impl Boot {
         &mut self,
         name: String,
         check: Check,
-        result: Result<(), String>,
+        pid: Option<i32>,
+        result: Result<u16, String>,
         now: Instant,
         events: &mut Events,
     ) {
+        let Some(s) = self.services.get_mut(&name) else {
+            return;
+        };
+        // A probe of a process that is gone (it was restarted meanwhile) says nothing.
+        if pid.is_some() && pid != s.sv.pid() {
+            if check == Check::Idle {
+                s.usage.checking = false;
+            }
+            return;
+        }
+        // Found on the probe's way: the port opencode (`--port 0`) bound.
+        if let Ok(port) = result {
+            if s.port == 0 && port != 0 && s.kind != ServiceKind::Proxy {
+                log::debug!("{name} listens on 127.0.0.1:{port}");
+                s.port = port;
+            }
+        }
+        let result = result.map(|_| ());
         match check {
             Check::Health => {
                 if let Err(why) = &result {
@@ -300,16 +322,14 @@ impl Boot {
                 events.push((name, Event::Probe { ok: result.is_ok() }));
             }
             Check::Idle => {
-                if let Some(s) = self.services.get_mut(&name) {
-                    if let Err(why) = &result {
-                        log::debug!("{name} stays up: {why}");
-                    }
-                    s.usage.checking = false;
-                    s.usage.busy = Some(pure::BusyCheck {
-                        at: now,
-                        busy: result.is_err(),
-                    });
+                if let Err(why) = &result {
+                    log::debug!("{name} stays up: {why}");
                 }
+                s.usage.checking = false;
+                s.usage.busy = Some(pure::BusyCheck {
+                    at: now,
+                    busy: result.is_err(),
+                });
             }
         }
     }
@@ -348,8 +368,11 @@ impl Boot {
                 );
             }
             if uid != 0 && Some(uid) != proxy_uid {
-                let n = crate::init::procs::kill_uid(uid);
-                log::info!("{user} can no longer log in: ended {n} process(es) of uid {uid}");
+                match crate::init::procs::kill_uid(uid) {
+                    Ok(0) => log::info!("{user} can no longer log in; no process of uid {uid} ran"),
+                    Ok(_) => log::info!("{user} can no longer log in: ended every process of uid {uid}"),
+                    Err(e) => log::error!("{user} can no longer log in, but their processes (uid {uid}) could not be ended: {e}"),
+                }
             }
             self.login_uids.remove(&user);
         }

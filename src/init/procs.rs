@@ -78,35 +78,46 @@ pub fn parse_uids(status: &str) -> Option<[u32; 3]> {
     Some([f.next()?.ok()?, f.next()?.ok()?, f.next()?.ok()?])
 }
 
-/// Kill (SIGKILL) every process below this one that runs as `uid` (real, effective or
-/// saved), round after round until none is left (a process that forks meanwhile is caught
-/// on the next round), at most 20 rounds. Returns how many were killed.
-pub fn kill_uid(uid: u32) -> usize {
-    let me = std::process::id() as i32;
-    let mut killed = 0;
-    for _ in 0..20 {
-        let mut found = 0;
-        for pid in descendants(&process_table(), me) {
-            let base = format!("/proc/{pid}");
-            let alive = std::fs::read_to_string(format!("{base}/stat"))
-                .ok()
-                .and_then(|s| parse_state(&s))
-                .is_some_and(|c| c != 'Z' && c != 'X');
-            let theirs = std::fs::read_to_string(format!("{base}/status"))
-                .ok()
-                .and_then(|s| parse_uids(&s))
-                .is_some_and(|ids| ids.contains(&uid));
-            // SAFETY: a plain system call with integer arguments.
-            if alive && theirs && unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
-                found += 1;
-            }
-        }
-        killed += found;
-        if found == 0 {
-            break;
-        }
+/// Kill (SIGKILL) every process that runs as `uid`, atomically with respect to fork: a
+/// child forked as that uid sends `kill(-1, SIGKILL)` — the kernel signals every process
+/// the caller may signal (real or saved uid `uid`), in one pass under its task list lock,
+/// and a fork that races it fails — until none is left (ESRCH). A walk over /proc would
+/// miss a chain of processes that fork and exit faster than it reads. Only processes in
+/// PID 1's PID namespace (the container) are reached. Returns how many passes signalled
+/// someone (a zombie not yet reaped counts too).
+pub fn kill_uid(uid: u32) -> Result<u32, String> {
+    if uid == 0 {
+        return Err("refusing to kill uid 0's processes".into());
     }
-    killed
+    // SAFETY: the child only makes async-signal-safe system calls (setgroups, setresgid,
+    // setresuid, kill, _exit) before it exits; it never returns into Rust code.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(65534, 65534, 65534) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                libc::_exit(255);
+            }
+            let mut passes = 0;
+            while passes < 250 && libc::kill(-1, libc::SIGKILL) == 0 {
+                passes += 1;
+            }
+            libc::_exit(passes)
+        },
+        Ok(nix::unistd::ForkResult::Parent { child }) => loop {
+            match nix::sys::wait::waitpid(child, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 255)) => {
+                    return Err("cannot take on the uid to kill its processes".into())
+                }
+                Ok(nix::sys::wait::WaitStatus::Exited(_, n)) => return Ok(n as u32),
+                Ok(_) => return Ok(0),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+        },
+        Err(e) => Err(format!("fork: {e}")),
+    }
 }
 
 /// Resident memory (KiB) of the processes in process group `pgid` (an opencode and what

@@ -52,6 +52,8 @@ pub struct GateState {
     pub upstream: Option<std::net::SocketAddr>,
     /// Every user has their own opencode: ask PID 1 for it ([`AuthClient::instances`]).
     pub per_user: bool,
+    /// The uid the shared opencode runs as.
+    pub upstream_uid: Option<u32>,
 }
 
 impl std::fmt::Debug for GateState {
@@ -249,6 +251,7 @@ impl AuthClient {
             upstream_authorization: v["upstream_authorization"].as_str().map(str::to_string),
             upstream: v["upstream"].as_str().and_then(|a| a.parse().ok()),
             per_user: v["per_user"].as_bool().unwrap_or(false),
+            upstream_uid: v["upstream_uid"].as_u64().map(|u| u as u32),
         })
     }
 

@@ -20,13 +20,13 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// "Starting your workspace…" page (which reloads itself).
 pub const BROWSER_WAIT: Duration = Duration::from_secs(2);
 
-/// Where to relay a ready instance's requests, with which credentials.
-pub fn upstream_of(v: &View) -> Option<(SocketAddr, Option<String>)> {
+/// Where to relay a ready instance's requests, with which credentials, to which uid.
+pub fn upstream_of(v: &View) -> Option<(SocketAddr, Option<String>, Option<u32>)> {
     if v.state != ViewState::Ready {
         return None;
     }
     let addr = v.upstream.as_deref()?.parse().ok()?;
-    Some((addr, v.authorization.clone()))
+    Some((addr, v.authorization.clone(), v.uid))
 }
 
 /// PID 1's last word on each user's instance, and when it came.
@@ -223,6 +223,7 @@ mod tests {
             state,
             upstream: Some("127.0.0.1:4100".into()),
             authorization: Some("Basic eA==".into()),
+            uid: Some(1001),
             reason: Some("why <b>".into()),
         }
     }
@@ -245,7 +246,8 @@ mod tests {
         assert!(v.fresh("alice", t).is_none(), "gone from PID 1's list");
         v.forget("bob");
         assert!(v.fresh("bob", t).is_none());
-        let (addr, auth) = upstream_of(&view("a", ViewState::Ready)).unwrap();
+        let (addr, auth, uid) = upstream_of(&view("a", ViewState::Ready)).unwrap();
+        assert_eq!(uid, Some(1001));
         assert_eq!(addr.port(), 4100);
         assert_eq!(auth.as_deref(), Some("Basic eA=="));
         assert!(upstream_of(&view("a", ViewState::Starting)).is_none());

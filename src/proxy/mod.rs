@@ -12,6 +12,7 @@ pub mod pages;
 pub mod request;
 pub mod server;
 pub mod session;
+pub mod upstream;
 
 /// The cookie that carries a browser session.
 pub const SESSION_COOKIE: &str = "occ_session";

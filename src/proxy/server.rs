@@ -27,7 +27,7 @@ use super::conn::{self, Guarded, Slot, Slots};
 use super::flight::Flights;
 use super::request::{self, Kind};
 use super::session::{self, Session, Sessions};
-use super::{instances, origin, pages, SESSION_COOKIE};
+use super::{instances, origin, pages, upstream, SESSION_COOKIE};
 use crate::instances::{View, ViewState};
 use crate::secret::SecretString;
 
@@ -96,7 +96,9 @@ struct Pending {
 pub struct Proxy {
     settings: Settings,
     auth: AuthClient,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<upstream::Checked, Incoming>,
+    /// Who must own each upstream port (new connections are checked).
+    owners: upstream::Owners,
     sessions: Mutex<Sessions>,
     /// user → (current fingerprint, when checked).
     logins: Mutex<HashMap<String, (Option<String>, Instant)>>,
@@ -127,6 +129,8 @@ pub struct Proxy {
 struct Relay {
     addr: SocketAddr,
     authorization: Option<String>,
+    /// The uid opencode runs as: only a socket of that uid gets the request.
+    uid: Option<u32>,
     user: Option<String>,
 }
 
@@ -279,9 +283,10 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let owners = upstream::Owners::default();
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+            .build(upstream::Checked::new(connector, owners.clone()));
         let per_client = (!settings.trust_proxy).then_some(settings.max_connections_per_client);
         Proxy {
             auth: AuthClient::new(settings.auth_socket.clone()),
@@ -292,6 +297,7 @@ impl Proxy {
             slots: Slots::new(settings.max_connections, per_client),
             settings,
             client,
+            owners,
             logins: Mutex::new(HashMap::new()),
             basic: Mutex::new(HashMap::new()),
             basic_keys: (std::hash::RandomState::new(), std::hash::RandomState::new()),
@@ -348,10 +354,11 @@ impl Proxy {
                     .and_then(instances::upstream_of)
             });
             let view = match cached {
-                Some((addr, authorization)) => {
+                Some((addr, authorization, uid)) => {
                     return Ok(Relay {
                         addr,
                         authorization,
+                        uid,
                         user: Some(user.to_string()),
                     })
                 }
@@ -362,10 +369,11 @@ impl Proxy {
                     }
                 },
             };
-            if let Some((addr, authorization)) = instances::upstream_of(&view) {
+            if let Some((addr, authorization, uid)) = instances::upstream_of(&view) {
                 return Ok(Relay {
                     addr,
                     authorization,
+                    uid,
                     user: Some(user.to_string()),
                 });
             }
@@ -451,6 +459,7 @@ impl Proxy {
         Some(Relay {
             addr: gate.upstream.or(self.settings.upstream)?,
             authorization: gate.upstream_authorization.clone(),
+            uid: gate.upstream_uid,
             user: None,
         })
     }
@@ -1012,6 +1021,13 @@ impl Proxy {
         slot: Arc<Slot>,
         upgrades: bool,
     ) -> Response<Body> {
+        // Requests (and credentials) go only to a socket of the uid PID 1 started opencode as.
+        match to.uid {
+            Some(uid) => self.owners.expect(to.addr.port(), uid),
+            None => {
+                return unavailable("occ-init did not say who runs opencode; try again shortly")
+            }
+        }
         let websocket = upgrades && is_websocket(req.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -1156,10 +1172,7 @@ impl Proxy {
         req: Request<Incoming>,
         upstream: SocketAddr,
     ) -> Result<Response<Incoming>, String> {
-        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(upstream))
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+        let stream = upstream::connect_checked(upstream, &self.owners).await?;
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await

@@ -70,6 +70,15 @@ impl Conn for std::os::unix::net::UnixStream {
 
 /// One HTTP GET with an overall deadline; returns the raw response.
 pub fn get(target: &Target) -> Result<Vec<u8>, String> {
+    get_checked(target, || Ok(()))
+}
+
+/// [`get`], with `connected` run once the TCP connection stands and before anything (the
+/// credentials) is sent on it.
+fn get_checked(
+    target: &Target,
+    connected: impl FnOnce() -> Result<(), String>,
+) -> Result<Vec<u8>, String> {
     let host = target.connect_host();
     if let Some(path) = &target.unix {
         let stream = std::os::unix::net::UnixStream::connect(path)
@@ -83,6 +92,7 @@ pub fn get(target: &Target) -> Result<Vec<u8>, String> {
         .ok_or_else(|| format!("no address for {host}"))?;
     let stream = TcpStream::connect_timeout(&addr, target.timeout)
         .map_err(|e| format!("connect {addr}: {e}"))?;
+    connected()?;
     let host_header = if host.contains(':') {
         format!("[{host}]:{}", target.port)
     } else {
@@ -208,34 +218,17 @@ pub fn base64(data: &[u8]) -> String {
 /// Probe once: `Ok` when healthy (and, with an `owner`, answered by that process), else
 /// why not.
 pub fn probe(target: &Target) -> Result<(), String> {
-    judge(&get(target)?)?;
-    match &target.owner {
-        Some(owner) => owned_by(target.port, owner),
-        None => Ok(()),
-    }
+    run(Check::Health, target).map(|_| ())
 }
 
 /// The inodes of the IPv4/IPv6 sockets listening on `port` (any local address), from the
 /// text of /proc/net/tcp and /proc/net/tcp6.
 pub fn listening_inodes(tables: &[String], port: u16) -> Vec<u64> {
-    let mut out = Vec::new();
-    for table in tables {
-        for line in table.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() < 10 || cols[3] != "0A" {
-                continue;
-            }
-            let local_port = cols[1]
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if local_port == Some(port) {
-                if let Ok(inode) = cols[9].parse() {
-                    out.push(inode);
-                }
-            }
-        }
-    }
-    out
+    listeners(tables)
+        .into_iter()
+        .filter(|(p, _, _)| *p == port)
+        .map(|(_, _, i)| i)
+        .collect()
 }
 
 /// The socket inodes among the open files of process `pid`; false when /proc does not let
@@ -283,41 +276,34 @@ fn pgid_of(pid: i32) -> Option<i32> {
         .ok()
 }
 
-/// Every socket listening on `port` belongs to process `pid`, or to a process of its
-/// process group (a wrapper's child). Terminals opencode spawns have sessions and groups of
-/// their own, so a process started there that took the port does not pass.
+/// Every socket listening on `port` was made by the owner's uid and belongs to process
+/// `pid` or a process of its group (a wrapper's child). Terminals opencode spawns have
+/// sessions and groups of their own, so a process started there that took the port does not
+/// pass; nor does any process of another user.
 fn owned_by(port: u16, owner: &Owner) -> Result<(), String> {
-    let pid = owner.pid;
-    let tables: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
+    let on_port: Vec<(u16, u32, u64)> = listeners(&tcp_tables())
+        .into_iter()
+        .filter(|(p, _, _)| *p == port)
         .collect();
-    let inodes = listening_inodes(&tables, port);
-    if inodes.is_empty() {
+    if on_port.is_empty() {
         return Err(format!("nothing listens on port {port}"));
     }
-    let mut own = std::collections::HashSet::new();
-    let visible = with_fs_ids(owner.uid, owner.gid, || {
-        let visible = socket_inodes(pid, &mut own);
-        if visible && inodes.iter().any(|i| !own.contains(i)) {
-            for (p, _) in crate::init::procs::process_table() {
-                if p != pid && pgid_of(p) == Some(pid) {
-                    socket_inodes(p, &mut own);
-                }
-            }
-        }
-        visible
-    });
-    if !visible {
-        // /proc hides opencode's descriptors even from its own ids (a hardened kernel):
-        // readiness and moving the port still keep impostors out.
-        log::debug!("cannot see opencode's descriptors; its port's owner is not checked");
-        return Ok(());
+    if let Some((_, uid, _)) = on_port.iter().find(|(_, uid, _)| *uid != owner.uid) {
+        return Err(format!(
+            "a process of uid {uid}, not opencode's, listens on port {port}"
+        ));
     }
-    match inodes.iter().any(|i| !own.contains(i)) {
+    let Some(own) = owner_inodes(owner) else {
+        // /proc hides opencode's descriptors even from its own ids (a hardened kernel): the
+        // socket's uid above still keeps other users out.
+        log::debug!("cannot see opencode's descriptors; only its port's uid is checked");
+        return Ok(());
+    };
+    match on_port.iter().any(|(_, _, i)| !own.contains(i)) {
         false => Ok(()),
         true => Err(format!(
-            "another process (not opencode, pid {pid}) listens on port {port}"
+            "another process than opencode (pid {}) listens on port {port}",
+            owner.pid
         )),
     }
 }
@@ -359,24 +345,94 @@ pub fn judge_idle(raw: &[u8]) -> Result<(), String> {
     }
 }
 
-/// Run one check on `target` (with an `owner`, only that process's answer counts).
-pub fn run(check: Check, target: &Target) -> Result<(), String> {
+/// Run one check on `target`; returns the port it was answered on.
+///
+/// With an `owner` its credentials only ever go to that process: every socket listening on
+/// the port must be the owner's (by the socket's uid and by the owner's descriptors) before
+/// connecting and again once connected, before the request is written. A process of
+/// another user that took the port learns nothing. Port 0 means "the port the owner
+/// listens on" (opencode started with `--port 0` binds one the kernel picks, which nobody
+/// can know, let alone take, before it is bound).
+pub fn run(check: Check, target: &Target) -> Result<u16, String> {
+    let mut target = target.clone();
+    if let Some(owner) = &target.owner {
+        if target.port == 0 {
+            target.port = owned_port(owner)?;
+        }
+        owned_by(target.port, owner)?;
+    }
+    let raw = get_checked(&target, || match &target.owner {
+        Some(owner) => owned_by(target.port, owner),
+        None => Ok(()),
+    })?;
     match check {
-        Check::Health => probe(target),
-        Check::Idle => {
-            judge_idle(&get(target)?)?;
-            match &target.owner {
-                Some(owner) => owned_by(target.port, owner),
-                None => Ok(()),
+        Check::Health => judge(&raw)?,
+        Check::Idle => judge_idle(&raw)?,
+    }
+    Ok(target.port)
+}
+
+/// Listening sockets in the text of /proc/net/tcp{,6}: (port, uid, inode).
+pub fn listeners(tables: &[String]) -> Vec<(u16, u32, u64)> {
+    let mut out = Vec::new();
+    for table in tables {
+        for line in table.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 || cols[3] != "0A" {
+                continue;
+            }
+            let port = cols[1]
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if let (Some(port), Ok(uid), Ok(inode)) = (port, cols[7].parse(), cols[9].parse()) {
+                out.push((port, uid, inode));
             }
         }
     }
+    out
+}
+
+fn tcp_tables() -> Vec<String> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .collect()
+}
+
+/// The socket inodes of `owner`'s process and its process group, read with its ids.
+/// `None` when /proc hides them.
+fn owner_inodes(owner: &Owner) -> Option<std::collections::HashSet<u64>> {
+    let mut own = std::collections::HashSet::new();
+    let visible = with_fs_ids(owner.uid, owner.gid, || {
+        let visible = socket_inodes(owner.pid, &mut own);
+        if visible {
+            for (p, _) in crate::init::procs::process_table() {
+                if p != owner.pid && pgid_of(p) == Some(owner.pid) {
+                    socket_inodes(p, &mut own);
+                }
+            }
+        }
+        visible
+    });
+    visible.then_some(own)
+}
+
+/// The port `owner` listens on: its one listening socket (the lowest port if several).
+fn owned_port(owner: &Owner) -> Result<u16, String> {
+    let own = owner_inodes(owner).ok_or("cannot see opencode's descriptors")?;
+    listeners(&tcp_tables())
+        .into_iter()
+        .filter(|(_, uid, inode)| *uid == owner.uid && own.contains(inode))
+        .map(|(port, _, _)| port)
+        .min()
+        .ok_or_else(|| "opencode listens on no port yet".to_string())
 }
 
 /// Probe requests: which service, what to check, where.
 type Request = (String, Check, Target);
-/// A result: which service, what was checked, how it went.
-pub type Outcome = (String, Check, Result<(), String>);
+/// A result: which service, what was checked, for which process (the owner's pid), how it
+/// went (the port it was answered on).
+pub type Outcome = (String, Check, Option<i32>, Result<u16, String>);
 
 /// How many probes run at once: one instance that hangs until its timeout must not hold
 /// up the others' probes.
@@ -409,7 +465,8 @@ impl Prober {
                         return;
                     };
                     let result = run(check, &target);
-                    if tx.send((tag, check, result)).is_err() {
+                    let pid = target.owner.as_ref().map(|o| o.pid);
+                    if tx.send((tag, check, pid, result)).is_err() {
                         return;
                     }
                     waker.wake();

@@ -1,0 +1,141 @@
+//! The proxy's connections to opencode: each new one is checked to reach a socket of the
+//! uid that opencode runs as. A port on 127.0.0.1 is anyone's once its opencode is gone (a
+//! crash, an idle stop), and a process of another user that bound it in the moment before
+//! the proxy noticed would otherwise get a user's requests — and could answer them with
+//! pages of its own in the user's origin.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use hyper::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Which uid must own the listening socket of each upstream port.
+#[derive(Clone, Default)]
+pub struct Owners(Arc<Mutex<HashMap<u16, u32>>>);
+
+impl Owners {
+    /// Requests to `port` go only to a socket of `uid` (from PID 1's word).
+    pub fn expect(&self, port: u16, uid: u32) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() > 4096 {
+                m.clear();
+            }
+            m.insert(port, uid);
+        }
+    }
+
+    fn of(&self, port: u16) -> Option<u32> {
+        self.0.lock().ok()?.get(&port).copied()
+    }
+}
+
+/// Every socket listening on `port` (in /proc/net/tcp{,6}) is `uid`'s, and there is one.
+pub fn listener_is(port: u16, uid: u32) -> Result<(), String> {
+    let tables: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .collect();
+    check(&crate::supervise::probe::listeners(&tables), port, uid)
+}
+
+/// [`listener_is`] over parsed listeners (port, uid, inode). Pure.
+pub fn check(listeners: &[(u16, u32, u64)], port: u16, uid: u32) -> Result<(), String> {
+    let on_port: Vec<u32> = listeners
+        .iter()
+        .filter(|(p, _, _)| *p == port)
+        .map(|(_, u, _)| *u)
+        .collect();
+    match on_port.iter().find(|u| **u != uid) {
+        _ if on_port.is_empty() => Err(format!("nothing listens on port {port}")),
+        Some(other) => Err(format!(
+            "port {port} is held by uid {other}, not by opencode's uid {uid}"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Connect to `addr` for a request of PID 1's opencode: refused unless its listening
+/// socket is the expected uid's (checked once connected, so a socket bound after the check
+/// is not the one connected to).
+pub async fn connect_checked(addr: SocketAddr, owners: &Owners) -> Result<TcpStream, String> {
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    verify(addr.port(), owners)?;
+    Ok(stream)
+}
+
+fn verify(port: u16, owners: &Owners) -> Result<(), String> {
+    let uid = owners
+        .of(port)
+        .ok_or_else(|| format!("no word from occ-init on who owns port {port}"))?;
+    listener_is(port, uid)
+}
+
+/// hyper's connector, with the owner check on every new connection.
+#[derive(Clone)]
+pub struct Checked {
+    inner: HttpConnector,
+    owners: Owners,
+}
+
+impl Checked {
+    pub fn new(inner: HttpConnector, owners: Owners) -> Checked {
+        Checked { inner, owners }
+    }
+}
+
+impl tower_service::Service<Uri> for Checked {
+    type Response = TokioIo<TcpStream>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let port = uri.port_u16().unwrap_or(80);
+        let owners = self.owners.clone();
+        let connecting = self.inner.call(uri);
+        Box::pin(async move {
+            let conn = connecting.await?;
+            verify(port, &owners)?;
+            Ok(conn)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_expected_uid_may_hold_the_port() {
+        let l = [(4100, 1001, 7), (4100, 1001, 8), (4200, 1002, 9)];
+        assert!(check(&l, 4100, 1001).is_ok(), "both families, one uid");
+        assert!(check(&l, 4200, 1001).is_err(), "another user's socket");
+        assert!(check(&l, 4300, 1001).is_err(), "nothing there");
+        let mixed = [(4100, 1001, 7), (4100, 1002, 8)];
+        assert!(
+            check(&mixed, 4100, 1001).is_err(),
+            "one foreign socket is enough"
+        );
+    }
+
+    #[test]
+    fn a_port_without_word_from_pid1_is_refused() {
+        let owners = Owners::default();
+        assert!(verify(1, &owners).is_err());
+        owners.expect(1, 0);
+        assert!(verify(1, &owners).is_err(), "nothing listens on port 1");
+    }
+}
