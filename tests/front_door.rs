@@ -969,10 +969,8 @@ while True:
     );
     assert!(!seen.contains("GOT"), "the impostor got requests: {seen}");
     let st = status_json(&sb, &init);
+    // opencode binds a port the kernel picks at every start: the impostor's is not it.
     assert_ne!(st["opencode"]["listen"].as_str().unwrap(), old, "{st}");
-    assert!(init
-        .stderr_text()
-        .contains("was taken by another process; opencode moves to"));
     drop(init);
     sb.assert_host_untouched();
 }
