@@ -1107,7 +1107,7 @@ impl Boot {
     }
 
     /// Drain the signalfd: a stop signal is returned; SIGHUP reloads; others are forwarded
-    /// to the shared opencode's group.
+    /// to the opencode processes' groups.
     fn read_signals(&mut self, reader: &mut SignalReader) -> Option<i32> {
         loop {
             match reader.pending() {
@@ -1125,8 +1125,14 @@ impl Boot {
                     self.policy_changed = true;
                 }
                 Ok(Some(libc::SIGCHLD)) => {}
+                // Forwarded like tini does, to the opencode processes' groups: the shared
+                // one, or every user's.
                 Ok(Some(sig)) => {
-                    if let Some(pid) = self.opencode().and_then(Supervisor::pid) {
+                    let pids = self
+                        .services
+                        .values()
+                        .filter(|s| s.kind != ServiceKind::Proxy);
+                    for pid in pids.filter_map(|s| s.sv.pid()) {
                         init::forward(sig, Pid::from_raw(pid), ForwardTo::Group);
                     }
                 }

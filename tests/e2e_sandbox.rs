@@ -145,6 +145,19 @@ fn gated_boot_first_user_pam_stop_and_restore() {
         None,
     );
     assert!(text(&get).contains(" 200 OK"), "{}", text(&get));
+    // Terminals work in the image's layout (a pty of the container's own devpts).
+    let pty = exec(
+        &name,
+        &[
+            "bash",
+            "-c",
+            &format!(
+                "exec 3<>/dev/tcp/127.0.0.1/3000; printf 'POST /pty HTTP/1.0\\r\\nAuthorization: Basic {auth}\\r\\nContent-Type: application/json\\r\\nContent-Length: 2\\r\\n\\r\\n{{}}' >&3; timeout 60 cat <&3"
+            ),
+        ],
+        None,
+    );
+    assert!(text(&pty).contains("\"id\":\"pty_"), "{}", text(&pty));
     let list = exec(&name, &["occ-init", "instance", "list", "--json"], None);
     let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(v["instances"][0]["user"], "alice", "{v}");
