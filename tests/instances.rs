@@ -578,8 +578,10 @@ fn attack(script: &str) -> String {
 
 #[test]
 fn bob_cannot_catch_alices_credentials_or_take_over_her_port() {
-    let Some((sb, mut init, port)) = per_user("", &[("alice", "alice-pw-1"), ("bob", "bob-pw-22")])
-    else {
+    let Some((sb, mut init, port)) = per_user(
+        "health_interval = '1s'\n",
+        &[("alice", "alice-pw-1"), ("bob", "bob-pw-22")],
+    ) else {
         return;
     };
     let alice = basic("alice", "alice-pw-1");
@@ -646,7 +648,24 @@ fn bob_cannot_catch_alices_credentials_or_take_over_her_port() {
         );
     }
     init.expect_log_within("opencode@alice is ready", Duration::from_secs(5));
+    // bob's sockets on 127.0.0.2 and [::1] at her port (no connection to 127.0.0.1 reaches
+    // them) do not make her probes fail: she is not restarted, and stays served.
+    std::thread::sleep(Duration::from_secs(5));
+    for _ in 0..5 {
+        let r = http(port, "GET", "/session", &alice, "");
+        assert_eq!(r.status, 200, "{r:?}");
+        answers.push((r.status, r.body));
+    }
     let seen = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        seen.contains("SHADOW 127.0.0.2"),
+        "no shadow sockets:\n{seen}"
+    );
+    let text_log = init.stderr_text();
+    assert!(
+        !text_log.contains("health probes in a row") && !text_log.contains("did not become ready"),
+        "bob's shadow sockets restarted alice's opencode:\n{text_log}"
+    );
     assert!(
         !seen.contains("REQUEST"),
         "bob's socket got a request:\n{seen}"

@@ -36,28 +36,33 @@ impl Owners {
     }
 }
 
-/// Every socket listening on `port` (in /proc/net/tcp{,6}) is `uid`'s, and there is one.
-pub fn listener_is(port: u16, uid: u32) -> Result<(), String> {
+/// Every listener that a connection to 127.0.0.1:`port` can land on is `uid`'s, and there
+/// is one (checked once connected: a listener bound after our connection was queued cannot
+/// have it, one bound before is seen).
+pub fn listeners_are(port: u16, uid: u32) -> Result<(), String> {
     let tables: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|f| std::fs::read_to_string(f).ok())
         .collect();
-    check(&crate::supervise::probe::listeners(&tables), port, uid)
+    let on_port: Vec<u32> = crate::supervise::probe::listeners(&tables)
+        .into_iter()
+        .filter(|(p, _, _)| *p == port)
+        .map(|(_, u, _)| u)
+        .collect();
+    if on_port.is_empty() {
+        return Err(format!("nothing listens on port {port}"));
+    }
+    on_port.into_iter().try_for_each(|u| check(u, port, uid))
 }
 
-/// [`listener_is`] over parsed listeners (port, uid, inode). Pure.
-pub fn check(listeners: &[(u16, u32, u64)], port: u16, uid: u32) -> Result<(), String> {
-    let on_port: Vec<u32> = listeners
-        .iter()
-        .filter(|(p, _, _)| *p == port)
-        .map(|(_, u, _)| *u)
-        .collect();
-    match on_port.iter().find(|u| **u != uid) {
-        _ if on_port.is_empty() => Err(format!("nothing listens on port {port}")),
-        Some(other) => Err(format!(
-            "port {port} is held by uid {other}, not by opencode's uid {uid}"
-        )),
-        None => Ok(()),
+/// A listening socket's uid `got` is the one PID 1 named. Pure.
+pub fn check(got: u32, port: u16, uid: u32) -> Result<(), String> {
+    if got == uid {
+        Ok(())
+    } else {
+        Err(format!(
+            "port {port} is held by uid {got}, not by opencode's uid {uid}"
+        ))
     }
 }
 
@@ -77,7 +82,7 @@ fn verify(port: u16, owners: &Owners) -> Result<(), String> {
     let uid = owners
         .of(port)
         .ok_or_else(|| format!("no word from occ-init on who owns port {port}"))?;
-    listener_is(port, uid)
+    listeners_are(port, uid)
 }
 
 /// hyper's connector, with the owner check on every new connection.
@@ -119,23 +124,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_expected_uid_may_hold_the_port() {
-        let l = [(4100, 1001, 7), (4100, 1001, 8), (4200, 1002, 9)];
-        assert!(check(&l, 4100, 1001).is_ok(), "both families, one uid");
-        assert!(check(&l, 4200, 1001).is_err(), "another user's socket");
-        assert!(check(&l, 4300, 1001).is_err(), "nothing there");
-        let mixed = [(4100, 1001, 7), (4100, 1002, 8)];
-        assert!(
-            check(&mixed, 4100, 1001).is_err(),
-            "one foreign socket is enough"
-        );
+    fn only_the_expected_uid_may_have_accepted() {
+        assert!(check(1001, 4100, 1001).is_ok());
+        assert!(check(1002, 4100, 1001).is_err(), "another user's socket");
     }
 
-    #[test]
-    fn a_port_without_word_from_pid1_is_refused() {
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_is_checked_against_who_accepted_it() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
         let owners = Owners::default();
-        assert!(verify(1, &owners).is_err());
-        owners.expect(1, 0);
-        assert!(verify(1, &owners).is_err(), "nothing listens on port 1");
+        assert!(
+            connect_checked(addr, &owners).await.is_err(),
+            "no word from PID 1"
+        );
+        let me = nix::unistd::geteuid().as_raw();
+        owners.expect(addr.port(), me + 1);
+        assert!(
+            connect_checked(addr, &owners).await.is_err(),
+            "someone else's"
+        );
+        owners.expect(addr.port(), me);
+        assert!(connect_checked(addr, &owners).await.is_ok(), "ours");
     }
 }

@@ -70,14 +70,14 @@ impl Conn for std::os::unix::net::UnixStream {
 
 /// One HTTP GET with an overall deadline; returns the raw response.
 pub fn get(target: &Target) -> Result<Vec<u8>, String> {
-    get_checked(target, || Ok(()))
+    get_checked(target, |_| Ok(()))
 }
 
-/// [`get`], with `connected` run once the TCP connection stands and before anything (the
-/// credentials) is sent on it.
+/// [`get`], with `connected` (given our local port) run once the TCP connection stands and
+/// before anything (the credentials) is sent on it.
 fn get_checked(
     target: &Target,
-    connected: impl FnOnce() -> Result<(), String>,
+    connected: impl FnOnce(u16) -> Result<(), String>,
 ) -> Result<Vec<u8>, String> {
     let host = target.connect_host();
     if let Some(path) = &target.unix {
@@ -92,7 +92,8 @@ fn get_checked(
         .ok_or_else(|| format!("no address for {host}"))?;
     let stream = TcpStream::connect_timeout(&addr, target.timeout)
         .map_err(|e| format!("connect {addr}: {e}"))?;
-    connected()?;
+    let local = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    connected(local)?;
     let host_header = if host.contains(':') {
         format!("[{host}]:{}", target.port)
     } else {
@@ -361,7 +362,11 @@ pub fn run(check: Check, target: &Target) -> Result<u16, String> {
         }
         owned_by(target.port, owner)?;
     }
-    let raw = get_checked(&target, || match &target.owner {
+    // Which listener a connection to 127.0.0.1 lands on is the kernel's choice among those
+    // that can take it (127.0.0.1, 0.0.0.0, their IPv4-mapped forms); all are checked, and
+    // again once connected: a listener that appeared in between is seen, and one bound after
+    // our connection was queued cannot have it.
+    let raw = get_checked(&target, |_| match &target.owner {
         Some(owner) => owned_by(target.port, owner),
         None => Ok(()),
     })?;
@@ -372,7 +377,21 @@ pub fn run(check: Check, target: &Target) -> Result<u16, String> {
     Ok(target.port)
 }
 
-/// Listening sockets in the text of /proc/net/tcp{,6}: (port, uid, inode).
+/// /proc/net/tcp{,6} address columns that a connection to 127.0.0.1 can reach: 127.0.0.1,
+/// 0.0.0.0, and their IPv4-mapped forms. (A socket of another user on 127.0.0.2, [::1] or
+/// an IPv6-only [::] never gets such a connection, so it must not count either way.)
+fn reaches_v4_loopback(addr: &str) -> bool {
+    matches!(
+        addr,
+        "0100007F"
+            | "00000000"
+            | "0000000000000000FFFF00000100007F"
+            | "0000000000000000FFFF000000000000"
+    )
+}
+
+/// Listening sockets in the text of /proc/net/tcp{,6} that a connection to 127.0.0.1 can
+/// reach: (port, uid, inode).
 pub fn listeners(tables: &[String]) -> Vec<(u16, u32, u64)> {
     let mut out = Vec::new();
     for table in tables {
@@ -381,9 +400,13 @@ pub fn listeners(tables: &[String]) -> Vec<(u16, u32, u64)> {
             if cols.len() < 10 || cols[3] != "0A" {
                 continue;
             }
-            let port = cols[1]
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            let Some((addr, port)) = cols[1].rsplit_once(':') else {
+                continue;
+            };
+            if !reaches_v4_loopback(addr) {
+                continue;
+            }
+            let port = u16::from_str_radix(port, 16).ok();
             if let (Some(port), Ok(uid), Ok(inode)) = (port, cols[7].parse(), cols[9].parse()) {
                 out.push((port, uid, inode));
             }
@@ -500,6 +523,22 @@ impl AsFd for Prober {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_a_connection_to_127_0_0_1_can_reach_counts() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1004 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1002        0 111 1
+   1: 0200007F:1004 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1003        0 222 1
+   2: 0100007F:1004 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1002        0 0 1
+   3: 0100007F:9C40 0100007F:1004 01 00000000:00000000 00:00000000 00000000     0        0 333 1
+".to_string();
+        let tcp6 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:1004 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1003        0 444 1
+".to_string();
+        let t = [tcp, tcp6];
+        // 127.0.0.2 and [::1] are bob's, on alice's port: they never see her connections.
+        assert_eq!(listeners(&t), vec![(4100, 1002, 111)]);
+    }
 
     #[test]
     fn judges_busy_sessions() {

