@@ -440,9 +440,14 @@ fn owner_inodes(owner: &Owner) -> Option<std::collections::HashSet<u64>> {
     visible.then_some(own)
 }
 
-/// The port `owner` listens on: its one listening socket (the lowest port if several).
+/// The port `owner` listens on: a listening socket of its own process (the lowest port if
+/// several; a helper in its process group that listens too is not opencode's server).
 fn owned_port(owner: &Owner) -> Result<u16, String> {
-    let own = owner_inodes(owner).ok_or("cannot see opencode's descriptors")?;
+    let mut own = std::collections::HashSet::new();
+    let visible = with_fs_ids(owner.uid, owner.gid, || socket_inodes(owner.pid, &mut own));
+    if !visible {
+        return Err("cannot see opencode's descriptors".into());
+    }
     listeners(&tcp_tables())
         .into_iter()
         .filter(|(_, uid, inode)| *uid == owner.uid && own.contains(inode))
