@@ -218,26 +218,6 @@ pub fn auth_enforced_by(cfg: &Config, active_users: &[String]) -> &'static str {
     }
 }
 
-/// A free port on 127.0.0.1 for opencode behind the proxy: `internal_port`, else one the
-/// kernel picks.
-fn pick_internal_port(cfg: &Config) -> u16 {
-    if cfg.internal_port != 0 {
-        return cfg.internal_port;
-    }
-    free_port()
-}
-
-/// A port on 127.0.0.1 that is free now (the kernel picks it).
-fn free_port() -> u16 {
-    match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
-        Ok(a) => a.port(),
-        Err(e) => {
-            log::warn!("cannot pick a free internal port ({e}); using 4096");
-            4096
-        }
-    }
-}
-
 /// The public listening sockets for the proxy (PID 1 binds them as root, so low ports
 /// work), holding both address families (see [`crate::listen`]).
 fn bind_public(cfg: &Config) -> std::io::Result<Vec<std::net::TcpListener>> {
@@ -362,7 +342,8 @@ impl Boot {
         let mut services = BTreeMap::new();
         if !cfg.per_user() {
             let port = match cfg.auth {
-                AuthMode::Proxy => pick_internal_port(&cfg),
+                // 0: the port opencode binds itself (`--port 0`), found at its first probe.
+                AuthMode::Proxy => cfg.internal_port,
                 _ => cfg.port,
             };
             let sv = Supervisor::named(OPENCODE, Settings::from(&cfg));
@@ -769,8 +750,9 @@ impl Boot {
     }
 
     /// Collect the helper's answer when it is there (or kill an overdue helper); then answer
-    /// the caller, re-evaluate the policy and start the next change. Adds events.
-    fn poll_user_job(&mut self, events: &mut Events) {
+    /// the caller, re-evaluate the policy (the services hear of it through
+    /// `policy_changed`) and start the next change.
+    fn poll_user_job(&mut self) {
         let Some(job) = self.user_job.as_mut() else {
             return;
         };
@@ -809,7 +791,6 @@ impl Boot {
             self.policy_changed = true;
         }
         self.start_user_job();
-        let _ = events;
     }
 
     /// What the bind policy says to every opencode: the shared one is let run or gated;
@@ -1196,7 +1177,7 @@ impl Boot {
                 self.probed(name, check, pid, result, now, &mut events);
             }
             self.serve_jobs(now, &mut events);
-            self.poll_user_job(&mut events);
+            self.poll_user_job();
             if std::mem::take(&mut self.policy_changed) {
                 events.extend(self.policy_events());
             }

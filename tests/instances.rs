@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::front::{
-    add_user, opencode_bin, proxied, status_json, websocket, ws_read_until, ws_send,
+    add_user, open_pty, opencode_bin, proxied, status_json, websocket, ws_read_until, ws_send,
 };
 use support::http::{basic, http};
 use support::sandbox::{host_pid_of, text, Sandbox};
@@ -68,6 +68,30 @@ fn uid_of(pid: i32) -> Option<u32> {
         .ok()
 }
 
+/// Host pids of every process in the sandbox's PID namespace.
+fn in_namespace(init: &Init) -> Vec<i32> {
+    let ns = std::fs::read_link(format!("/proc/{}/ns/pid", init.init_pid())).ok();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|p: &i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok() == ns)
+        .collect()
+}
+
+/// Processes of `uid` in the sandbox that are alive (not zombies waiting to be reaped).
+fn running_as(init: &Init, uid: u32) -> Vec<i32> {
+    in_namespace(init)
+        .into_iter()
+        .filter(|p| uid_of(*p) == Some(uid))
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 /// uid of `user` in the sandbox's /etc/passwd.
 fn sandbox_uid(sb: &Sandbox, user: &str) -> u32 {
     let line = sb.passwd_line(user).expect("user in passwd");
@@ -76,16 +100,7 @@ fn sandbox_uid(sb: &Sandbox, user: &str) -> u32 {
 
 /// Open a terminal as `auth` and return its WebSocket after the shell printed `ready`.
 fn terminal(port: u16, auth: &str) -> std::net::TcpStream {
-    let r = http(
-        port,
-        "POST",
-        "/pty",
-        &format!("{auth}Content-Type: application/json\r\n"),
-        "{}",
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-    let id = v["id"].as_str().unwrap().to_string();
+    let id = open_pty(port, auth);
     let mut ws = websocket(port, &format!("/pty/{id}/connect"), auth).expect("terminal upgrade");
     ws_send(&mut ws, "echo rea''dy\n");
     let seen = ws_read_until(&mut ws, "ready", Duration::from_secs(20));
@@ -131,17 +146,10 @@ fn bob_cannot_reach_alice_through_his_own_opencode() {
         "{st}"
     );
     let opencoder = sandbox_uid(&sb, "opencoder");
-    let ns_pids: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|p: &i32| {
-            std::fs::read_link(format!("/proc/{p}/ns/pid")).ok()
-                == std::fs::read_link(format!("/proc/{}/ns/pid", init.init_pid())).ok()
-        })
-        .collect();
     assert!(
-        ns_pids.iter().all(|p| uid_of(*p) != Some(opencoder)),
+        in_namespace(&init)
+            .iter()
+            .all(|p| uid_of(*p) != Some(opencoder)),
         "nothing runs as opencoder"
     );
     for i in st["instances"].as_array().unwrap() {
@@ -250,23 +258,7 @@ fn bob_cannot_reach_alice_through_his_own_opencode() {
     let mut at = terminal(port, &alice);
     run_in(&mut at, "nohup sleep 1000 >/dev/null 2>&1 &");
     let alice_uid = sandbox_uid(&sb, "alice");
-    let ns = std::fs::read_link(format!("/proc/{}/ns/pid", init.init_pid())).unwrap();
-    let hers = || -> Vec<i32> {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .filter(|p: &i32| {
-                std::fs::read_link(format!("/proc/{p}/ns/pid")).ok() == Some(ns.clone())
-            })
-            .filter(|p| uid_of(*p) == Some(alice_uid))
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/stat"))
-                    .map(|s| !s.contains(") Z "))
-                    .unwrap_or(false)
-            })
-            .collect()
-    };
+    let hers = || running_as(&init, alice_uid);
     assert!(hers().len() >= 2, "her opencode and her sleep run");
     let out = sb.exec(&init, &["user", "lock", "alice"], None);
     assert!(out.status.success(), "{}", text(&out));
@@ -722,19 +714,7 @@ fn a_lock_ends_a_process_chain_that_forks_faster_than_a_scan() {
         "alice's process chain outlived her lock by 5 s"
     );
     let uid = sandbox_uid(&sb, "alice");
-    let ns = std::fs::read_link(format!("/proc/{}/ns/pid", init.init_pid())).unwrap();
-    let alive: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|p: &i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok() == Some(ns.clone()))
-        .filter(|p| uid_of(*p) == Some(uid))
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .map(|s| !s.contains(") Z "))
-                .unwrap_or(false)
-        })
-        .collect();
+    let alive = running_as(&init, uid);
     assert!(alive.is_empty(), "alice still runs {alive:?}");
     sb.assert_host_untouched();
 }

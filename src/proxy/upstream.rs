@@ -40,10 +40,7 @@ impl Owners {
 /// is one (checked once connected: a listener bound after our connection was queued cannot
 /// have it, one bound before is seen).
 pub fn listeners_are(port: u16, uid: u32) -> Result<(), String> {
-    let tables: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .collect();
+    let tables = crate::supervise::probe::tcp_tables();
     let on_port: Vec<u32> = crate::supervise::probe::listeners(&tables)
         .into_iter()
         .filter(|(p, _, _)| *p == port)

@@ -174,8 +174,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Judge a raw response: 200 with a JSON body whose `healthy` is `true`.
-pub fn judge(raw: &[u8]) -> Result<(), String> {
+/// The JSON body of a raw 200 response (chunked or not); `not_json` says what else it was.
+fn json_200(raw: &[u8], not_json: &str) -> Result<serde_json::Value, String> {
     let (status, head, body) = crate::admin::http::split_response(raw)?;
     if status != 200 {
         return Err(format!("HTTP {status}"));
@@ -187,8 +187,12 @@ pub fn judge(raw: &[u8]) -> Result<(), String> {
     {
         body = dechunk(&body).ok_or("bad chunked body")?;
     }
-    let v: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|_| "answer is not JSON (wrong path or not opencode?)")?;
+    serde_json::from_slice(&body).map_err(|_| not_json.to_string())
+}
+
+/// Judge a raw response: 200 with a JSON body whose `healthy` is `true`.
+pub fn judge(raw: &[u8]) -> Result<(), String> {
+    let v = json_200(raw, "answer is not JSON (wrong path or not opencode?)")?;
     match v.get("healthy") {
         Some(serde_json::Value::Bool(true)) => Ok(()),
         _ => Err("answer does not say healthy: true".into()),
@@ -322,19 +326,7 @@ pub enum Check {
 /// (`{}` or only `{"type":"idle"}`), else why not. Anything unexpected counts as busy: an
 /// agent working unattended must never be stopped on a doubt.
 pub fn judge_idle(raw: &[u8]) -> Result<(), String> {
-    let (status, head, body) = crate::admin::http::split_response(raw)?;
-    if status != 200 {
-        return Err(format!("HTTP {status}"));
-    }
-    let mut body = body.to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body).ok_or("bad chunked body")?;
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|_| "session status is not JSON")?;
+    let v = json_200(raw, "session status is not JSON")?;
     let map = v.as_object().ok_or("session status is not an object")?;
     let busy = map
         .values()
@@ -415,7 +407,8 @@ pub fn listeners(tables: &[String]) -> Vec<(u16, u32, u64)> {
     out
 }
 
-fn tcp_tables() -> Vec<String> {
+/// The text of /proc/net/tcp and /proc/net/tcp6 (those that can be read).
+pub fn tcp_tables() -> Vec<String> {
     ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|f| std::fs::read_to_string(f).ok())
