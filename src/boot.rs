@@ -29,6 +29,7 @@ use crate::supervise::spawn as oc;
 use crate::supervise::state::{Action, Event, Settings, Supervisor};
 
 mod instances;
+mod tls;
 use crate::users::{worker, Bootstrap, Exposure, RestoreReport, Users, UsersConfig};
 
 /// A user change in progress in the helper process.
@@ -129,6 +130,8 @@ pub struct Boot {
     login_uids: BTreeMap<String, u32>,
     prober: Prober,
     admin: Option<(Mailbox, std::sync::Arc<Shared>)>,
+    /// The proxy's certificate (`tls` not off).
+    pub tls: Option<tls::TlsState>,
 }
 
 /// Events for the services, by name.
@@ -382,7 +385,12 @@ impl Boot {
             services.insert(PROXY.to_string(), proxy);
         }
         let prober = Prober::start().map_err(|e| format!("cannot start the probe thread: {e}"))?;
+        let tls = match cfg.auth {
+            AuthMode::Proxy => tls::TlsState::new(&cfg, now),
+            _ => None,
+        };
         Ok(Boot {
+            tls,
             active_users,
             login_uids: BTreeMap::new(),
             admin,
@@ -418,6 +426,9 @@ impl Boot {
     /// Is the front door ready: the shared opencode answers, or (per user, where
     /// instances start on demand) the proxy does and the gate is open.
     fn ready(&self) -> (bool, String) {
+        if self.tls.as_ref().is_some_and(|t| !t.ready()) {
+            return (false, "no usable TLS certificate".into());
+        }
         match self.opencode() {
             Some(sv) => (sv.is_ready(), sv.phase_name().to_string()),
             None if self.gate_reason().is_some() => (false, "gated".into()),
@@ -447,6 +458,17 @@ impl Boot {
             Decision::LaunchWithWarning(w) => log::warn!("WARNING: {w}"),
             Decision::Gate(why) => log::warn!("{why}"),
         }
+        if self.cfg.exposed()
+            && self.cfg.auth == AuthMode::Proxy
+            && self.cfg.tls == crate::config::TlsMode::Off
+            && !self.cfg.trust_proxy
+        {
+            log::warn!(
+                "{} {}",
+                crate::status::CLEARTEXT_WARNING,
+                crate::status::CLEARTEXT_FIX
+            );
+        }
     }
 
     /// SIGHUP: re-read config and manifest, re-decide.
@@ -464,6 +486,21 @@ impl Boot {
                     );
                     cfg.instances = Some(self.cfg.layout());
                 }
+                if cfg.tls != self.cfg.tls {
+                    log::warn!(
+                        "tls = {} is kept until the container restarts (asked for {})",
+                        self.cfg.tls.as_str(),
+                        cfg.tls.as_str()
+                    );
+                    cfg.tls = self.cfg.tls;
+                    if cfg.tls == crate::config::TlsMode::Files
+                        && (cfg.tls_cert_file.is_none() || cfg.tls_key_file.is_none())
+                    {
+                        cfg.tls_cert_file = self.cfg.tls_cert_file.clone();
+                        cfg.tls_key_file = self.cfg.tls_key_file.clone();
+                    }
+                }
+
                 for s in self.services.values_mut() {
                     s.sv.settings = match s.kind {
                         ServiceKind::Opencode => Settings::from(&cfg),
@@ -475,6 +512,10 @@ impl Boot {
                 self.cfg = cfg;
             }
             Err(e) => log::error!("configuration not reloaded, keeping the old one: {e}"),
+        }
+        // The certificate files are re-read on every SIGHUP (rotation by hand).
+        if let Some(t) = &mut self.tls {
+            t.reconfigure(&self.cfg);
         }
         // The restore runs in the helper process; the loop goes on meanwhile.
         self.user_queue
@@ -635,6 +676,11 @@ impl Boot {
                 rate_limit_attempts: self.cfg.rate_limit_attempts,
                 rate_limit_window_seconds: self.cfg.rate_limit_window_seconds,
                 allow_unauthenticated_network: self.cfg.allow_unauthenticated_network,
+                tls: self
+                    .tls
+                    .as_ref()
+                    .map(tls::TlsState::status)
+                    .unwrap_or_default(),
             },
             users: UsersStatus {
                 manifest: self.cfg.users_file.display().to_string(),
@@ -966,9 +1012,28 @@ impl Boot {
         if let Some((h, _)) = &self.health {
             pass_fds.push(h.as_raw_fd());
         }
+        // Its end of the certificate socket (dropped here once it is started).
+        let tls_channel = match self.tls.as_mut().map(tls::TlsState::channel_for_proxy) {
+            Some(Ok(fd)) => Some(fd),
+            Some(Err(e)) => {
+                log::error!("cannot make the proxy's certificate socket: {e}");
+                return Event::SpawnFailed(1);
+            }
+            None => None,
+        };
+        if let Some(fd) = &tls_channel {
+            pass_fds.push(fd.as_raw_fd());
+        }
         let upstream = self.services.get(OPENCODE).map(|s| s.port);
+        let argv = proxy_argv(
+            &self.cfg,
+            upstream,
+            listen_fds,
+            self.health.is_some(),
+            tls_channel.is_some(),
+        );
         let spec = crate::spawn::SpawnSpec {
-            argv: proxy_argv(&self.cfg, upstream, listen_fds, self.health.is_some()),
+            argv,
             env: Some(proxy_env()),
             cwd: Some(PathBuf::from("/")),
             credentials: Some(crate::spawn::Credentials {
@@ -1043,7 +1108,8 @@ impl Boot {
     /// The earliest deadline of any service (and of the instances' idle checks).
     fn deadline(&self) -> Option<Instant> {
         let services = self.services.values().filter_map(|s| s.sv.deadline());
-        services.chain(self.instances_deadline()).min()
+        let tls = self.tls.as_ref().map(tls::TlsState::deadline);
+        services.chain(self.instances_deadline()).chain(tls).min()
     }
 
     /// Hand over to the PID-1 stop sequence and return the exit code.
@@ -1182,6 +1248,7 @@ impl Boot {
                 events.extend(self.policy_events());
             }
             self.instances_tick(now, &mut events);
+            self.tls.iter_mut().for_each(|t| t.tick(now));
             events.extend(self.services.keys().map(|n| (n.clone(), Event::Tick)));
             for (name, ev) in events {
                 if let Some(code) = self.handle(&name, ev, now) {
@@ -1221,12 +1288,13 @@ fn instance_settings(cfg: &Config) -> Settings {
 }
 
 /// The proxy's command line (nothing secret on it): `listen_fds` public sockets from fd 3
-/// on, then the health socket when there is one.
+/// on, then the health socket when there is one, then the certificate socket with TLS.
 pub fn proxy_argv(
     cfg: &Config,
     upstream: Option<u16>,
     listen_fds: usize,
     health: bool,
+    tls: bool,
 ) -> Vec<std::ffi::OsString> {
     let mut v: Vec<std::ffi::OsString> = vec![proxy_program(cfg).into()];
     for fd in 0..listen_fds {
@@ -1236,6 +1304,12 @@ pub fn proxy_argv(
     if health {
         v.push("--health-fd".into());
         v.push((3 + listen_fds).to_string().into());
+    }
+    if tls {
+        v.push("--tls-fd".into());
+        v.push((3 + listen_fds + usize::from(health)).to_string().into());
+        v.push("--hsts".into());
+        v.push(cfg.hsts.to_string().into());
     }
     if let Some(port) = upstream {
         v.push("--upstream".into());

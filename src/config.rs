@@ -56,6 +56,28 @@ pub enum Instances {
     Shared,
 }
 
+/// Whether the proxy serves HTTPS, and with which certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plain HTTP (behind a TLS proxy set `trust_proxy`).
+    Off,
+    /// A certificate occ-init makes once for `tls_names` and keeps in `tls_dir`.
+    SelfSigned,
+    /// The PEM files `tls_cert_file` and `tls_key_file` (re-read when they change).
+    Files,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Off => "off",
+            TlsMode::SelfSigned => "self-signed",
+            TlsMode::Files => "files",
+        }
+    }
+}
+
 impl Instances {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -158,6 +180,19 @@ pub struct Config {
     /// How long an API client's first request waits for its user's opencode to start.
     #[serde(with = "dur")]
     pub instance_start_timeout: Duration,
+    /// HTTPS on the public port, served by the proxy: `off`, `self-signed` or `files`.
+    pub tls: TlsMode,
+    /// The certificate chain (PEM) with `tls = files`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, RSA or EC), readable by root only.
+    pub tls_key_file: Option<PathBuf>,
+    /// Names of the self-signed certificate (default: the host name, localhost, 127.0.0.1,
+    /// ::1).
+    pub tls_names: Vec<String>,
+    /// Where the self-signed certificate is kept (root only, on the users volume).
+    pub tls_dir: PathBuf,
+    /// Send Strict-Transport-Security over TLS.
+    pub hsts: bool,
     pub rate_limit_attempts: u32,
     pub rate_limit_window_seconds: u64,
     pub restart: RestartPolicy,
@@ -225,6 +260,12 @@ impl Default for Config {
             instance_idle_timeout: Duration::from_secs(3600),
             max_instances: 16,
             instance_start_timeout: Duration::from_secs(30),
+            tls: TlsMode::Off,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_names: Vec::new(),
+            tls_dir: PathBuf::from("/var/lib/occ/tls"),
+            hsts: false,
             rate_limit_attempts: 5,
             rate_limit_window_seconds: 60,
             restart: RestartPolicy::Always,
@@ -296,6 +337,12 @@ const KEYS: &[&str] = &[
     "instance_idle_timeout",
     "max_instances",
     "instance_start_timeout",
+    "tls",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_names",
+    "tls_dir",
+    "hsts",
     "rate_limit_attempts",
     "rate_limit_window_seconds",
     "restart",
@@ -494,6 +541,44 @@ impl Config {
         if self.instance_start_timeout.is_zero() {
             return bad("instance_start_timeout", "must be above zero".into());
         }
+        if self.tls != TlsMode::Off && self.auth != AuthMode::Proxy {
+            return bad(
+                "tls",
+                format!(
+                    "{} needs auth = proxy (occ-init's proxy serves HTTPS; with auth = {} opencode holds the port)",
+                    self.tls.as_str(),
+                    self.auth.as_str()
+                ),
+            );
+        }
+        match (self.tls, &self.tls_cert_file, &self.tls_key_file) {
+            (TlsMode::Files, None, _) => {
+                return bad("tls_cert_file", "tls = files needs tls_cert_file and tls_key_file".into())
+            }
+            (TlsMode::Files, _, None) => {
+                return bad("tls_key_file", "tls = files needs tls_cert_file and tls_key_file".into())
+            }
+            _ => {}
+        }
+        for n in &self.tls_names {
+            let ok = !n.is_empty()
+                && n.len() <= 253
+                && (n.parse::<std::net::IpAddr>().is_ok()
+                    || n.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && (l == "*" || l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+                    }));
+            if !ok {
+                return bad(
+                    "tls_names",
+                    format!("'{n}' is not a host name or an IP address"),
+                );
+            }
+        }
+        if !self.tls_dir.is_absolute() {
+            return bad("tls_dir", "must be an absolute path".into());
+        }
         if !self.health_path.starts_with('/') {
             return bad("health_path", "must start with /".into());
         }
@@ -567,6 +652,30 @@ impl Config {
         crate::policy::exposure_address(self.bind_address.as_deref(), &self.host)
     }
 
+    /// Where the proxy's certificate comes from (`None`: plain HTTP). `hostname` fills in
+    /// the default names of a self-signed certificate.
+    pub fn tls_source(&self, hostname: Option<&str>) -> Option<crate::tls::Source> {
+        use crate::tls::Source;
+        match (self.tls, &self.tls_cert_file, &self.tls_key_file) {
+            (TlsMode::Off, ..) => None,
+            (TlsMode::Files, Some(cert), Some(key)) => Some(Source::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            // validate() refuses files without both paths.
+            (TlsMode::Files, ..) => None,
+            (TlsMode::SelfSigned, ..) => Some(Source::SelfSigned {
+                dir: self.tls_dir.clone(),
+                names: if self.tls_names.is_empty() {
+                    crate::tls::default_names(hostname)
+                } else {
+                    self.tls_names.clone()
+                },
+                explicit: !self.tls_names.is_empty(),
+            }),
+        }
+    }
+
     /// True when opencode would be reachable from the network.
     pub fn exposed(&self) -> bool {
         crate::policy::parse_address(self.exposure_address())
@@ -633,14 +742,14 @@ fn env_value(name: &str, key: &str, raw: &str) -> Result<toml::Value, ConfigErro
                 .parse::<i64>()
                 .map_err(|_| err(format!("'{raw}' is not a number")))?,
         ),
-        "allow_unauthenticated_network" | "trust_proxy" | "public_health" => {
+        "allow_unauthenticated_network" | "trust_proxy" | "public_health" | "hsts" => {
             toml::Value::Boolean(match raw.trim().to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => true,
                 "0" | "false" | "no" | "off" | "" => false,
                 _ => return Err(err(format!("'{raw}' is not true/false"))),
             })
         }
-        "command" | "pass_env" | "trusted_origins" => toml::Value::Array(
+        "command" | "pass_env" | "trusted_origins" | "tls_names" => toml::Value::Array(
             raw.split(if key == "command" { ' ' } else { ',' })
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
@@ -674,6 +783,81 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn tls_settings_from_file_and_environment() {
+        let c = Config::build(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.tls, TlsMode::Off);
+        assert!(c.tls_source(Some("h")).is_none());
+        let c = Config::build(
+            None,
+            &env(&[("OCC_TLS", "self-signed"), ("OCC_TLS_NAMES", "ide.example.com, 10.0.0.5")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls_source(Some("h")),
+            Some(crate::tls::Source::SelfSigned {
+                dir: PathBuf::from("/var/lib/occ/tls"),
+                names: vec!["ide.example.com".into(), "10.0.0.5".into()],
+                explicit: true
+            })
+        );
+        let c = Config::build(
+            Some(("f", "tls = 'self-signed'\nhsts = true\n")),
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.hsts);
+        match c.tls_source(Some("box")) {
+            Some(crate::tls::Source::SelfSigned { names, explicit, .. }) => {
+                assert_eq!(names, ["box", "localhost", "127.0.0.1", "::1"]);
+                assert!(!explicit);
+            }
+            other => panic!("{other:?}"),
+        }
+        let files = env(&[
+            ("OCC_TLS", "files"),
+            ("OCC_TLS_CERT_FILE", "/c.pem"),
+            ("OCC_TLS_KEY_FILE", "/k.pem"),
+        ]);
+        let c = Config::build(None, &files, &Overrides::default()).unwrap();
+        assert_eq!(
+            c.tls_source(None),
+            Some(crate::tls::Source::Files {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+    }
+
+    #[test]
+    fn bad_tls_settings_are_refused_clearly() {
+        for (pairs, want) in [
+            (vec![("OCC_TLS", "maybe")], "maybe"),
+            (vec![("OCC_TLS", "files")], "tls_cert_file"),
+            (
+                vec![("OCC_TLS", "files"), ("OCC_TLS_CERT_FILE", "/c")],
+                "tls_key_file",
+            ),
+            (
+                vec![("OCC_TLS", "self-signed"), ("OCC_TLS_NAMES", "a b")],
+                "'a b' is not a host name",
+            ),
+            (
+                vec![("OCC_TLS", "self-signed"), ("OCC_AUTH", "none")],
+                "needs auth = proxy",
+            ),
+            (vec![("OCC_TLS_DIR", "rel/dir")], "absolute"),
+            (vec![("OCC_HSTS", "sometimes")], "not true/false"),
+        ] {
+            let e = Config::build(None, &env(&pairs), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{pairs:?}: {e}");
+        }
     }
 
     #[test]
@@ -880,6 +1064,8 @@ mod tests {
             server_password_file: Some("/p".into()),
             proxy_command: Some("/usr/local/bin/occ-proxy".into()),
             instances: Some(Instances::Shared),
+            tls_cert_file: Some("/c".into()),
+            tls_key_file: Some("/k".into()),
             ..Config::default()
         }
         .render()

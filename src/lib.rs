@@ -21,6 +21,7 @@ pub mod secret;
 pub mod spawn;
 pub mod status;
 pub mod supervise;
+pub mod tls;
 pub mod users;
 pub mod version;
 

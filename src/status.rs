@@ -93,7 +93,72 @@ pub struct Security {
     pub rate_limit_attempts: u32,
     pub rate_limit_window_seconds: u64,
     pub allow_unauthenticated_network: bool,
+    /// HTTPS at the proxy.
+    #[serde(default)]
+    pub tls: TlsStatus,
 }
+
+/// The proxy's TLS (`security.tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsStatus {
+    /// `off`, `self-signed` or `files`.
+    pub mode: String,
+    /// The certificate's subject alternative names.
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// SHA-256 of the served certificate, `AB:CD:…` as browsers show it.
+    #[serde(default)]
+    pub fingerprint_sha256: Option<String>,
+    /// RFC 3339 (UTC).
+    #[serde(default)]
+    pub not_after: Option<String>,
+    #[serde(default)]
+    pub expired: bool,
+    /// Less than 30 days left.
+    #[serde(default)]
+    pub expiring: bool,
+    /// The files, or the self-signed certificate's directory.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// HTTPS is served now (a usable certificate is loaded).
+    #[serde(default)]
+    pub serving: bool,
+    /// Why nothing is served, or why the last new certificate was refused.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl Default for TlsStatus {
+    fn default() -> TlsStatus {
+        TlsStatus {
+            mode: "off".into(),
+            names: Vec::new(),
+            subject: None,
+            fingerprint_sha256: None,
+            not_after: None,
+            expired: false,
+            expiring: false,
+            source: None,
+            serving: false,
+            error: None,
+        }
+    }
+}
+
+/// Logins cross the network in cleartext: exposed, the proxy checks passwords, no TLS and
+/// no TLS proxy in front.
+pub fn cleartext_logins(sec: &Security) -> bool {
+    sec.network_exposed
+        && sec.auth_enforced_by == "proxy"
+        && sec.tls.mode == "off"
+        && !sec.trust_proxy
+}
+
+/// The warning (status and boot log) when logins travel unencrypted, with the fix.
+pub const CLEARTEXT_WARNING: &str = "Warning: logins travel unencrypted (exposed without TLS)!";
+pub const CLEARTEXT_FIX: &str = "Fix: set OCC_TLS=self-signed (or OCC_TLS=files with OCC_TLS_CERT_FILE and OCC_TLS_KEY_FILE), or put a TLS proxy in front and set OCC_TRUST_PROXY=true";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsersStatus {
@@ -288,6 +353,10 @@ pub fn render(s: &Status, color: bool) -> String {
     if sec.server_password {
         out.push_str("Server pw:   set (OPENCODE_SERVER_PASSWORD from file)\n");
     }
+    out.push_str(&format!("TLS:         {}\n", tls_line(&sec.tls, &red, &yellow)));
+    if let (true, Some(e)) = (sec.tls.serving, &sec.tls.error) {
+        out.push_str(&format!("TLS error:   {} (the certificate above stays)\n", red(e)));
+    }
     out.push_str(&format!(
         "Trust proxy: {}\n",
         if sec.trust_proxy { "yes" } else { "no" }
@@ -319,7 +388,44 @@ pub fn render(s: &Status, color: bool) -> String {
             red("Warning: Network exposed without authentication!")
         ));
     }
+    if cleartext_logins(sec) {
+        out.push_str(&format!(
+            "\n{}\n{CLEARTEXT_FIX}\n",
+            yellow(CLEARTEXT_WARNING)
+        ));
+    }
     out
+}
+
+/// The `TLS:` line: mode, names, expiry and fingerprint, or why nothing is served.
+fn tls_line(t: &TlsStatus, red: &dyn Fn(&str) -> String, yellow: &dyn Fn(&str) -> String) -> String {
+    if t.mode == "off" {
+        return "off (plain HTTP)".into();
+    }
+    if !t.serving {
+        return format!(
+            "{} — {}",
+            t.mode,
+            red(&format!(
+                "NOT SERVING: {}",
+                t.error.as_deref().unwrap_or("no certificate yet")
+            ))
+        );
+    }
+    let until = t.not_after.as_deref().unwrap_or("?");
+    let until = if t.expired {
+        red(&format!("EXPIRED {until}"))
+    } else if t.expiring {
+        yellow(&format!("expires {until}"))
+    } else {
+        format!("until {until}")
+    };
+    format!(
+        "{} — {} ({until})\n             SHA-256 {}",
+        t.mode,
+        t.names.join(", "),
+        t.fingerprint_sha256.as_deref().unwrap_or("?")
+    )
 }
 
 #[cfg(test)]
@@ -361,6 +467,7 @@ mod tests {
                 rate_limit_attempts: 5,
                 rate_limit_window_seconds: 60,
                 allow_unauthenticated_network: false,
+                tls: TlsStatus::default(),
             },
             users: UsersStatus {
                 manifest: "/var/lib/occ/users.toml".into(),
@@ -475,6 +582,45 @@ mod tests {
         assert!(text.contains("not persisted: manifest is read-only"));
         assert!(!text.contains("Warning"));
         assert!(text.contains('\x1b'));
+    }
+
+    #[test]
+    fn tls_is_shown_with_its_fingerprint_or_why_it_is_not_served() {
+        let mut s = sample();
+        s.security.auth_users = vec!["alice".into()];
+        let text = render(&s, false);
+        assert!(text.contains("TLS:         off (plain HTTP)"), "{text}");
+        assert!(text.contains(CLEARTEXT_WARNING), "{text}");
+        assert!(text.contains("OCC_TLS=self-signed"), "{text}");
+        // Behind a TLS proxy, or local only: no warning.
+        s.security.trust_proxy = true;
+        assert!(!render(&s, false).contains(CLEARTEXT_WARNING));
+        s.security.trust_proxy = false;
+        s.security.tls = TlsStatus {
+            mode: "self-signed".into(),
+            names: vec!["localhost".into(), "127.0.0.1".into()],
+            fingerprint_sha256: Some("AB:CD".into()),
+            not_after: Some("2027-12-07T06:00:00Z".into()),
+            serving: true,
+            ..TlsStatus::default()
+        };
+        let text = render(&s, false);
+        assert!(
+            text.contains("TLS:         self-signed — localhost, 127.0.0.1 (until 2027-12-07T06:00:00Z)\n             SHA-256 AB:CD"),
+            "{text}"
+        );
+        assert!(!text.contains(CLEARTEXT_WARNING), "{text}");
+        s.security.tls.error = Some("/c.pem: holds no certificate".into());
+        let text = render(&s, false);
+        assert!(text.contains("TLS error:   /c.pem: holds no certificate (the certificate above stays)"), "{text}");
+        s.security.tls.serving = false;
+        let text = render(&s, false);
+        assert!(text.contains("TLS:         self-signed — NOT SERVING: /c.pem: holds no certificate"), "{text}");
+        let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["security"]["tls"]["mode"], "self-signed");
+        assert_eq!(v["security"]["tls"]["fingerprint_sha256"], "AB:CD");
+        assert_eq!(v["security"]["tls"]["names"][0], "localhost");
+        assert_eq!(v["security"]["tls"]["not_after"], "2027-12-07T06:00:00Z");
     }
 
     #[test]

@@ -12,10 +12,13 @@ pub mod pages;
 pub mod request;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod upstream;
 
 /// The cookie that carries a browser session.
 pub const SESSION_COOKIE: &str = "occ_session";
+/// The same over TLS: only a secure origin can set a `__Host-` cookie, for the whole host.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-occ_session";
 /// The proxy's own paths live under this prefix.
 pub const PREFIX: &str = "/_occ/";
 
@@ -79,6 +82,13 @@ pub struct Args {
     /// credentials (repeatable).
     #[arg(long, value_name = "ORIGIN")]
     pub trusted_origin: Vec<String>,
+    /// Serve HTTPS with the certificates PID 1 sends on this inherited socket (a sealed
+    /// memfd per certificate; each replaces the last). Plain HTTP then gets a redirect.
+    #[arg(long, value_name = "FD")]
+    pub tls_fd: Option<i32>,
+    /// Send Strict-Transport-Security over TLS.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub hsts: bool,
 }
 
 /// Raise the soft open-files limit to the hard one (many idle connections).
@@ -133,7 +143,27 @@ pub fn main() -> i32 {
         max_connections_per_client: args.max_connections_per_client.max(1),
         trusted_origins: trusted,
         instance_start_timeout: args.instance_start_timeout,
+        tls: false,
+        hsts: args.hsts,
     };
+    let mut proxy = server::Proxy::new(settings);
+    if let Some(fd) = args.tls_fd {
+        // SAFETY: PID 1 passes its certificate socket at this descriptor, owned by nobody
+        // else here.
+        let channel = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let certs = Arc::new(tls::Certs::default());
+        if let Err(e) = tls::receive(channel, certs.clone()) {
+            log::error!("cannot receive certificates: {e}");
+            return 1;
+        }
+        proxy = match proxy.with_tls(certs) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("cannot set up TLS: {e}");
+                return 1;
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -195,14 +225,15 @@ pub fn main() -> i32 {
             })
             .collect();
         log::info!(
-            "listening on {}, relaying to {} (logins checked by occ-init)",
+            "listening on {}{}, relaying to {} (logins checked by occ-init)",
             local.join(" and "),
-            settings
-                .upstream
+            if proxy.serves_tls() { " (HTTPS)" } else { "" },
+            proxy
+                .upstream()
                 .map(|u| format!("opencode at {u}"))
                 .unwrap_or_else(|| "the opencode PID 1 names for each user".into())
         );
-        server::serve(listeners, health, Arc::new(server::Proxy::new(settings))).await;
+        server::serve(listeners, health, Arc::new(proxy)).await;
         0
     })
 }

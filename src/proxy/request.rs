@@ -6,7 +6,7 @@ use base64::engine::{DecodePaddingMode, Engine, GeneralPurpose, GeneralPurposeCo
 use cookie::Cookie;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::SESSION_COOKIE;
+use super::{SECURE_SESSION_COOKIE, SESSION_COOKIE};
 
 /// What the proxy does with a request, before any credential is looked at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,22 +132,46 @@ pub fn parse_login(body: &str) -> Option<LoginForm> {
     })
 }
 
+/// The name of the session cookie: over TLS with the `__Host-` prefix (only a secure
+/// origin can set it, with no Domain, for the whole host), else [`SESSION_COOKIE`].
+pub fn cookie_name(tls: bool) -> &'static str {
+    if tls {
+        SECURE_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
+}
+
 /// The session token in the `Cookie` header values, if any (surrounding quotes removed).
 pub fn session_cookie<'a>(cookie_headers: impl Iterator<Item = &'a str>) -> Option<String> {
+    session_cookie_named(cookie_headers, SESSION_COOKIE)
+}
+
+/// The token of the session cookie called `name`.
+pub fn session_cookie_named<'a>(
+    cookie_headers: impl Iterator<Item = &'a str>,
+    name: &str,
+) -> Option<String> {
     cookie_headers
         .flat_map(Cookie::split_parse)
         .flatten()
-        .find(|c| c.name() == SESSION_COOKIE && !c.value_trimmed().is_empty())
+        .find(|c| c.name() == name && !c.value_trimmed().is_empty())
         .map(|c| c.value_trimmed().to_string())
 }
 
-/// A `Cookie` header value without the proxy's own cookie (`None` when nothing is left).
+/// A `Cookie` header value without the proxy's own cookies (either name; `None` when
+/// nothing is left).
 /// Pairs the cookie parser rejects (no `=`, empty name) are passed on unchanged.
 pub fn strip_session_cookie(value: &str) -> Option<String> {
     let kept: Vec<&str> = value
         .split(';')
         .map(str::trim)
-        .filter(|p| !p.is_empty() && Cookie::parse(*p).map_or(true, |c| c.name() != SESSION_COOKIE))
+        .filter(|p| {
+            !p.is_empty()
+                && Cookie::parse(*p).map_or(true, |c| {
+                    c.name() != SESSION_COOKIE && c.name() != SECURE_SESSION_COOKIE
+                })
+        })
         .collect();
     (!kept.is_empty()).then(|| kept.join("; "))
 }
@@ -315,6 +339,16 @@ mod tests {
         assert_eq!(session_cookie(["occ_session="].iter().copied()), None);
         assert_eq!(strip_session_cookie(h[0]).as_deref(), Some("a=1; b=2"));
         assert_eq!(strip_session_cookie("occ_session=t"), None);
+        assert_eq!(strip_session_cookie("__Host-occ_session=t; a=1").as_deref(), Some("a=1"));
+        let both = ["occ_session=plain; __Host-occ_session=secure"];
+        assert_eq!(
+            session_cookie_named(both.iter().copied(), cookie_name(true)).as_deref(),
+            Some("secure")
+        );
+        assert_eq!(
+            session_cookie_named(both.iter().copied(), cookie_name(false)).as_deref(),
+            Some("plain")
+        );
         assert_eq!(
             strip_session_cookie("occ_sessionx=1").as_deref(),
             Some("occ_sessionx=1")

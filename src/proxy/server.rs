@@ -27,7 +27,7 @@ use super::conn::{self, Guarded, Slot, Slots};
 use super::flight::Flights;
 use super::request::{self, Kind};
 use super::session::{self, Session, Sessions};
-use super::{instances, origin, pages, upstream, SESSION_COOKIE};
+use super::{instances, origin, pages, upstream};
 use crate::instances::{View, ViewState};
 use crate::secret::SecretString;
 
@@ -76,6 +76,10 @@ pub struct Settings {
     pub trusted_origins: Vec<String>,
     /// How long an API client waits for its user's opencode to start.
     pub instance_start_timeout: Duration,
+    /// Serve HTTPS (certificates from PID 1); plain HTTP then only gets a redirect.
+    pub tls: bool,
+    /// Send Strict-Transport-Security over TLS.
+    pub hsts: bool,
 }
 
 struct BasicEntry {
@@ -122,6 +126,10 @@ pub struct Proxy {
     usage: Arc<Mutex<instances::Usage>>,
     /// Asks for a user's instance in flight, by user.
     asks: Flights<String, Result<View, ()>>,
+    /// With TLS: the acceptor and the certificate it serves (PID 1 replaces it).
+    tls: Option<(tokio_rustls::TlsAcceptor, Arc<super::tls::Certs>)>,
+    /// The session cookie's name (`__Host-` prefixed over TLS).
+    cookie: &'static str,
 }
 
 /// Where one request goes: an opencode's address and the credentials of its current
@@ -310,7 +318,28 @@ impl Proxy {
             views: Mutex::new(instances::Views::default()),
             usage: Arc::new(Mutex::new(instances::Usage::default())),
             asks: Flights::default(),
+            tls: None,
+            cookie: request::cookie_name(false),
         }
+    }
+
+    /// Does it serve HTTPS?
+    pub fn serves_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The shared opencode given on the command line, if any.
+    pub fn upstream(&self) -> Option<SocketAddr> {
+        self.settings.upstream
+    }
+
+    /// Serve HTTPS with the certificates in `certs` (plain HTTP gets a redirect).
+    pub fn with_tls(mut self, certs: Arc<super::tls::Certs>) -> Result<Proxy, rustls::Error> {
+        let config = super::tls::server_config(certs.clone())?;
+        self.tls = Some((tokio_rustls::TlsAcceptor::from(config), certs));
+        self.cookie = request::cookie_name(true);
+        self.settings.tls = true;
+        Ok(self)
     }
 
     /// Ask PID 1 for `user`'s instance (starting it when there is none), one ask per user
@@ -434,9 +463,14 @@ impl Proxy {
     /// The gate state, re-read from PID 1 at most every [`STATE_TTL`], by one request at
     /// a time however many wait for it.
     async fn gate(self: &Arc<Self>) -> Result<GateState, ()> {
+        self.gate_within(STATE_TTL).await
+    }
+
+    /// The gate state, re-read from PID 1 when the copy is older than `ttl`.
+    async fn gate_within(self: &Arc<Self>, ttl: Duration) -> Result<GateState, ()> {
         if let Ok(g) = self.gate.lock() {
             if let Some((state, at)) = g.as_ref() {
-                if at.elapsed() < STATE_TTL {
+                if at.elapsed() < ttl {
                     return Ok(state.clone());
                 }
             }
@@ -452,6 +486,21 @@ impl Proxy {
             })
             .await
             .unwrap_or(Err(()))
+    }
+
+    /// The gate state once the shared opencode is ready: while it starts or restarts, a
+    /// logged-in request waits up to `wait` (re-read every [`instances::POLL`], one read for
+    /// all who wait), as it would for a user's own instance. `None` past `wait`.
+    async fn shared_ready(self: &Arc<Self>, mut gate: GateState, wait: Duration) -> Option<GateState> {
+        let deadline = Instant::now() + wait;
+        while !gate.ready || gate.reason.is_some() {
+            if gate.reason.is_some() || Instant::now() + instances::POLL > deadline {
+                return None;
+            }
+            tokio::time::sleep(instances::POLL).await;
+            gate = self.gate_within(instances::POLL).await.ok()?;
+        }
+        Some(gate)
     }
 
     /// Where the shared opencode is and which credentials it takes (from the gate state).
@@ -654,7 +703,7 @@ impl Proxy {
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok());
-        if let Some(token) = request::session_cookie(cookies) {
+        if let Some(token) = request::session_cookie_named(cookies, self.cookie) {
             let id = session::id_of(&token);
             let found = self
                 .sessions
@@ -760,10 +809,11 @@ impl Proxy {
             header_str(h, HeaderName::from_static("x-forwarded-for")),
             self.settings.trust_proxy,
         );
-        let https = request::is_https(
-            header_str(h, HeaderName::from_static("x-forwarded-proto")),
-            self.settings.trust_proxy,
-        );
+        let https = self.settings.tls
+            || request::is_https(
+                header_str(h, HeaderName::from_static("x-forwarded-proto")),
+                self.settings.trust_proxy,
+            );
         let wants_html = request::wants_login_page(
             req.method().as_str(),
             header_str(h, header::ACCEPT),
@@ -816,6 +866,13 @@ impl Proxy {
         // restarts or is replaced (a process that killed it and took its port gets nothing
         // from here), clients wait.
         let not_ready = || unavailable("opencode is starting; try again shortly");
+        // How long a logged-in request waits for its opencode to start: a browser gets
+        // the starting page soon, an API client waits longer.
+        let wait = if wants_html {
+            instances::BROWSER_WAIT.min(self.settings.instance_start_timeout)
+        } else {
+            self.settings.instance_start_timeout
+        };
         match kind {
             Kind::ProxyHealth => json(
                 StatusCode::OK,
@@ -858,17 +915,12 @@ impl Proxy {
                 None => not_ready(),
             },
             Kind::Opencode => match self.authenticate(req.headers(), &client).await {
-                Auth::User(_) if !gate.ready => {
+                Auth::User(_) if !gate.ready && gate.per_user => {
                     slot.authenticated();
                     not_ready()
                 }
                 Auth::User(user) if gate.per_user => {
                     slot.authenticated();
-                    let wait = if wants_html {
-                        instances::BROWSER_WAIT.min(self.settings.instance_start_timeout)
-                    } else {
-                        self.settings.instance_start_timeout
-                    };
                     match self.instance_for(&user, wait, wants_html).await {
                         Ok(to) => self.forward(req, https, peer, to, slot, true).await,
                         Err(r) => r,
@@ -877,6 +929,9 @@ impl Proxy {
                 Auth::User(user) => {
                     slot.authenticated();
                     log::trace!("{} {path} as {user:?}", req.method());
+                    let Some(gate) = self.shared_ready(gate, wait).await else {
+                        return not_ready();
+                    };
                     match self.shared_relay(&gate) {
                         Some(to) => self.forward(req, https, peer, to, slot, true).await,
                         None => not_ready(),
@@ -955,7 +1010,8 @@ impl Proxy {
                 log::info!("{:?} logged in from {client}", form.username);
                 let mut r = redirect(&form.next);
                 let cookie = format!(
-                    "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+                    "{}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+                    self.cookie,
                     self.settings.session_max_age.as_secs(),
                     if https { "; Secure" } else { "" }
                 );
@@ -988,7 +1044,7 @@ impl Proxy {
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok());
-        if let Some(token) = request::session_cookie(cookies) {
+        if let Some(token) = request::session_cookie_named(cookies, self.cookie) {
             let id = session::id_of(&token);
             let old = self.sessions.lock().ok().and_then(|mut s| s.remove(&id));
             if let Some(old) = old {
@@ -998,7 +1054,8 @@ impl Proxy {
         }
         let mut r = redirect("/_occ/login");
         let cookie = format!(
-            "{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+            "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+            self.cookie,
             if https { "; Secure" } else { "" }
         );
         if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -1267,10 +1324,103 @@ async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, slot
     let evicted = slot.evicted();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let slot = Arc::new(slot);
-    let io = TokioIo::new(Guarded::new(stream, conn::WRITE_STALL, conn::IDLE));
+    let Some((acceptor, certs)) = proxy.tls.clone() else {
+        let io = TokioIo::new(Guarded::new(stream, conn::WRITE_STALL, conn::IDLE));
+        return serve_http(proxy, io, peer, slot, evicted, fd).await;
+    };
+    // TLS: the first byte says whether a handshake begins; anything else is plain HTTP,
+    // which gets a redirect to https (never a hang, never a raw TLS alert).
+    let mut first = [0u8; 1];
+    let tls = match tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0] == super::tls::HANDSHAKE,
+        _ => return,
+    };
+    let guarded = Guarded::new(stream, conn::WRITE_STALL, conn::IDLE);
+    if !tls {
+        return serve_plain_on_tls(guarded, certs.ready(), peer).await;
+    }
+    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(guarded)).await {
+        Ok(Ok(s)) => serve_http(proxy, TokioIo::new(s), peer, slot, evicted, fd).await,
+        Ok(Err(e)) => log::debug!("TLS handshake with {peer} failed: {e}"),
+        Err(_) => log::debug!("TLS handshake with {peer} timed out"),
+    }
+}
+
+/// Plain HTTP on the TLS port: every request is sent to the same host and path over https
+/// (308), or told to use https when it names no usable host (400); while there is no
+/// certificate yet, 503 says so. The connection then closes.
+async fn serve_plain_on_tls<S>(io: S, ready: bool, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| async move {
+        let location = super::tls::https_location(
+            header_str(req.headers(), header::HOST),
+            req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        );
+        let mut r = match (ready, location) {
+            (false, _) => full(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                "This server speaks HTTPS only, and has no usable certificate yet (see `occ-init status`).\n",
+            ),
+            (true, Some(to)) => {
+                let mut r = full(
+                    StatusCode::PERMANENT_REDIRECT,
+                    "text/plain; charset=utf-8",
+                    format!("Use HTTPS: {to}\n"),
+                );
+                if let Ok(v) = HeaderValue::from_str(&to) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                r
+            }
+            (true, None) => full(
+                StatusCode::BAD_REQUEST,
+                "text/plain; charset=utf-8",
+                "This server speaks HTTPS only: use https://\n",
+            ),
+        };
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Ok::<_, std::convert::Infallible>(r)
+    });
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(false)
+        .max_buf_size(MAX_HEAD + 8 * 1024)
+        .serve_connection(TokioIo::new(io), service);
+    if let Ok(Err(e)) = tokio::time::timeout(HEADER_TIMEOUT * 2, served).await {
+        log::debug!("plain HTTP from {peer} on the TLS port: {e}");
+    }
+}
+
+/// Serve HTTP/1.1 (plain, or inside TLS) on one client connection until it ends or is
+/// evicted to make room.
+async fn serve_http<I>(
+    proxy: Arc<Proxy>,
+    io: I,
+    peer: SocketAddr,
+    slot: Arc<Slot>,
+    evicted: Arc<tokio::sync::Notify>,
+    fd: std::os::fd::RawFd,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let hsts = proxy.settings.tls && proxy.settings.hsts;
     let service = service_fn(move |req| {
         let (p, slot) = (proxy.clone(), slot.clone());
-        async move { Ok::<_, std::convert::Infallible>(p.handle(req, peer, slot).await) }
+        async move {
+            let mut r = p.handle(req, peer, slot).await;
+            if hsts {
+                r.headers_mut().insert(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static("max-age=31536000"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(r)
+        }
     });
     let served = http1::Builder::new()
         .timer(TokioTimer::new())

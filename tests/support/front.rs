@@ -14,8 +14,18 @@ pub const IO: Duration = Duration::from_secs(20);
 
 /// Open a WebSocket through the proxy; `Ok(stream)` after a 101, else the response.
 pub fn websocket(port: u16, path: &str, headers: &str) -> Result<TcpStream, Resp> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(IO)).unwrap();
+    websocket_on(s, port, path, headers)
+}
+
+/// The WebSocket handshake on an open connection (plain or TLS).
+pub fn websocket_on<S: Read + Write>(
+    mut s: S,
+    port: u16,
+    path: &str,
+    headers: &str,
+) -> Result<S, Resp> {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
@@ -46,8 +56,25 @@ pub fn websocket(port: u16, path: &str, headers: &str) -> Result<TcpStream, Resp
     })
 }
 
+/// A client stream whose reads can time out (plain TCP, or TLS over it).
+pub trait Timed: Read + Write {
+    fn read_timeout(&self, d: Duration);
+}
+
+impl Timed for TcpStream {
+    fn read_timeout(&self, d: Duration) {
+        let _ = self.set_read_timeout(Some(d));
+    }
+}
+
+impl Timed for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn read_timeout(&self, d: Duration) {
+        let _ = self.sock.set_read_timeout(Some(d));
+    }
+}
+
 /// Send one masked text frame.
-pub fn ws_send(s: &mut TcpStream, text: &str) {
+pub fn ws_send<S: Write>(s: &mut S, text: &str) {
     let data = text.as_bytes();
     assert!(data.len() < 65536);
     let mask = [1u8, 2, 3, 4];
@@ -63,12 +90,11 @@ pub fn ws_send(s: &mut TcpStream, text: &str) {
 }
 
 /// Read frames' payloads until `needle` shows up or the deadline passes.
-pub fn ws_read_until(s: &mut TcpStream, needle: &str, limit: Duration) -> String {
+pub fn ws_read_until<S: Timed>(s: &mut S, needle: &str, limit: Duration) -> String {
     let end = Instant::now() + limit;
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
-    s.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    s.read_timeout(Duration::from_millis(500));
     let mut raw = Vec::new();
     while Instant::now() < end && !seen.contains(needle) {
         match s.read(&mut buf) {

@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 pub mod front;
 pub mod http;
 pub mod sandbox;
+pub mod tls;
 
 pub const OCC_INIT: &str = env!("CARGO_BIN_EXE_occ-init");
 pub const OCC_PROXY: &str = env!("CARGO_BIN_EXE_occ-proxy");
