@@ -201,6 +201,45 @@ fn opencodes_tui_attaches_to_its_users_own_opencode_on_first_contact() {
     tui_first_contact("instances = 'per-user'\n");
 }
 
+/// Over HTTPS (`tls = files`, a test CA the TUI trusts through `NODE_EXTRA_CA_CERTS`), to
+/// the user's own opencode: the TUI attaches on first contact.
+#[test]
+fn opencodes_tui_attaches_over_https() {
+    let certs = tempfile::tempdir().unwrap();
+    support::tls::make_certs(certs.path(), &[("leaf", "ec", 30)]);
+    tui_first_contact(&tls_extra(certs.path()));
+}
+
+/// `tls = files` with the test CA's `leaf` pair in `dir` (made by `make_certs`).
+fn tls_extra(dir: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "instances = 'per-user'\ntls = 'files'\ntls_cert_file = '{}'\ntls_key_file = '{}'\n",
+        dir.join("leaf.crt").display(),
+        dir.join("leaf.key").display()
+    )
+}
+
+/// The base URL for `extra`'s TLS setting and the environment a Node/Bun client needs to
+/// trust the test CA.
+fn client_url(extra: &str, port: u16) -> (String, Vec<(String, String)>) {
+    match extra
+        .lines()
+        .find_map(|l| l.strip_prefix("tls_cert_file = '"))
+        .and_then(|c| c.strip_suffix('\''))
+    {
+        Some(cert) => {
+            let ca = Path::new(cert).with_file_name("ca.pem");
+            (
+                format!("https://localhost:{port}"),
+                vec![("NODE_EXTRA_CA_CERTS".into(), ca.display().to_string())],
+            )
+        }
+        None => (format!("http://127.0.0.1:{port}"), Vec::new()),
+    }
+}
+
 fn tui_first_contact(extra: &str) {
     let Some(bin) = opencode_bin() else { return };
     let Some(()) = need(on_path("tmux") && on_path("timeout"), "tmux") else {
@@ -208,6 +247,7 @@ fn tui_first_contact(extra: &str) {
     };
     let pw = "tui first contact 7";
     let (sb, port, mut init) = boot_with(&bin, extra, &[("alice", pw)]);
+    let (url, client_env) = client_url(extra, port);
 
     // The TUI's own home, config, data and cache: a temp dir, never the real home.
     let home = tempfile::tempdir().unwrap();
@@ -227,7 +267,7 @@ fn tui_first_contact(extra: &str) {
     };
     // Runs in the pane: the TUI with a deadline; the shell then says how it ended.
     let line = format!(
-        "timeout --foreground 90 '{bin}' attach http://127.0.0.1:{port} -u alice; \
+        "timeout --foreground 90 '{bin}' attach {url} -u alice; \
          echo \"[attach exited: $?]\"; sleep 90"
     );
     let mut c = tmux.cmd();
@@ -259,6 +299,7 @@ fn tui_first_contact(extra: &str) {
         .env("OPENCODE_DISABLE_AUTOUPDATE", "true")
         .env("OPENCODE_SERVER_USERNAME", "alice")
         .env("OPENCODE_SERVER_PASSWORD", pw)
+        .envs(client_env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -363,6 +404,35 @@ fn the_sdk_works_with_parallel_calls_on_first_contact() {
 #[test]
 fn the_sdk_works_with_its_users_own_opencode_on_first_contact() {
     sdk_first_contact("instances = 'per-user'\ninstance_start_timeout = '60s'\n");
+}
+
+/// Over HTTPS (a test CA trusted through `NODE_EXTRA_CA_CERTS`), to the user's own
+/// opencode: the SDK's parallel first calls, a create and the event stream all succeed.
+#[test]
+fn the_sdk_works_over_https() {
+    let Some(bin) = opencode_bin() else { return };
+    let Some(dir) = sdk_dir() else { return };
+    std::fs::copy(root().join("tests/clients/sdk.mjs"), dir.join("sdk.mjs")).unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    support::tls::make_certs(certs.path(), &[("leaf", "ec", 30)]);
+    let extra = format!("{}instance_start_timeout = '60s'\n", tls_extra(certs.path()));
+    let pw = "sdk over https 5";
+    let (sb, port, mut init) = boot_with(&bin, &extra, &[("alice", pw)]);
+    let (url, client_env) = client_url(&extra, port);
+    assert!(url.starts_with("https://"));
+    let mut env: Vec<(&str, &str)> = vec![("OCC_USER", "alice"), ("OCC_PW", pw)];
+    env.extend(client_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let (seen, out) = node(&dir, "sdk.mjs", &[&url], &env, Duration::from_secs(60));
+    let why = format!("{seen}\n{}\nlog:\n{}", text(&out), init.stderr_text());
+    assert!(out.status.success(), "{why}");
+    assert_eq!(seen["list"], serde_json::json!(vec![200; 10]), "{why}");
+    assert_eq!(seen["create"], 200, "{why}");
+    assert_eq!(seen["firstEvent"], "server.connected", "{why}");
+    // Without the CA the same client refuses the certificate (the check is real).
+    let (seen, out) = node(&dir, "sdk.mjs", &[&url], &[("OCC_USER", "alice"), ("OCC_PW", pw)], Duration::from_secs(60));
+    assert!(!out.status.success() || seen["list"] != serde_json::json!(vec![200; 10]), "trusted without the CA: {seen}");
+    drop(init);
+    sb.assert_host_untouched();
 }
 
 fn sdk_first_contact(extra: &str) {

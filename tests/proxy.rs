@@ -345,6 +345,17 @@ fn auth_none_with_users_stays_gated() {
 /// target/browser-shots/.
 #[test]
 fn browser_logs_in_and_gets_the_opencode_ui() {
+    browser_login("", false);
+}
+
+/// The same over HTTPS with a self-signed certificate (the browser told to accept it): the
+/// session cookie is `__Host-occ_session`, Secure.
+#[test]
+fn browser_logs_in_over_https() {
+    browser_login("tls = 'self-signed'\n", true);
+}
+
+fn browser_login(extra: &str, https: bool) {
     let Some(bin) = opencode_bin() else { return };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let driver = root.join(".cache/browser");
@@ -366,16 +377,23 @@ fn browser_logs_in_and_gets_the_opencode_ui() {
     .unwrap();
     let shots = root.join("target/browser-shots");
     std::fs::create_dir_all(&shots).unwrap();
-    let (sb, port) = proxied(&format!("['{bin}', 'serve']"), "");
-    let mut init = sb.boot(&[], &[]);
+    let (sb, port) = proxied(&format!("['{bin}', 'serve']"), extra);
+    let tls_dir = sb.path("tls");
+    let mut init = sb.boot(&[], &[("OCC_TLS_DIR", tls_dir.to_str().unwrap())]);
     init.expect_log_within("started the proxy", Duration::from_secs(30));
     add_user(&sb, &init, "alice", "browser password 1");
     init.expect_log_within("opencode is ready", Duration::from_secs(120));
     let child = std::process::Command::new("node")
         .arg(driver.join("login.mjs"))
-        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(if https {
+            format!("https://localhost:{port}/")
+        } else {
+            format!("http://127.0.0.1:{port}/")
+        })
         .args(["alice", "browser password 1"])
         .arg(&shots)
+        .env("OCC_IGNORE_HTTPS_ERRORS", if https { "1" } else { "0" })
+        .env("OCC_SHOT_PREFIX", if https { "https-" } else { "" })
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -396,7 +414,14 @@ fn browser_logs_in_and_gets_the_opencode_ui() {
     assert_eq!(seen["appTitle"], "OpenCode", "{seen}");
     assert_eq!(seen["cookie"]["httpOnly"], true);
     assert_eq!(seen["cookie"]["sameSite"], "Strict");
-    assert!(shots.join("2-opencode.png").exists());
+    if https {
+        assert_eq!(seen["cookie"]["name"], "__Host-occ_session", "{seen}");
+        assert_eq!(seen["cookie"]["secure"], true, "{seen}");
+        assert!(seen["appUrl"].as_str().unwrap().starts_with("https://"), "{seen}");
+        assert!(shots.join("https-2-opencode.png").exists());
+    } else {
+        assert!(shots.join("2-opencode.png").exists());
+    }
     drop(init);
     sb.assert_host_untouched();
 }

@@ -1,5 +1,6 @@
 // Headless Chromium through occ-init's proxy: open the public URL, get the login page, log in,
 // and wait for opencode's web UI. Usage: node login.mjs URL USER PASSWORD SCREENSHOT_DIR
+// (OCC_IGNORE_HTTPS_ERRORS=1: accept a self-signed certificate; OCC_SHOT_PREFIX names the shots)
 // Prints one JSON line with what it saw; exits non-zero on failure.
 import { chromium } from 'playwright-core';
 
@@ -11,11 +12,16 @@ const browser = await chromium.launch({
 });
 const result = {};
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  const context = await browser.newContext({
+    viewport: { width: 1280, height: 800 },
+    ignoreHTTPSErrors: process.env.OCC_IGNORE_HTTPS_ERRORS === '1',
+  });
+  const page = await context.newPage();
+  const prefix = process.env.OCC_SHOT_PREFIX || '';
   await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 20000 });
   result.loginUrl = page.url();
   result.loginTitle = await page.title();
-  await page.screenshot({ path: `${shots}/1-login.png` });
+  await page.screenshot({ path: `${shots}/${prefix}1-login.png` });
   await page.fill('#username', user);
   await page.fill('#password', 'not-the-password');
   await Promise.all([page.waitForLoadState('domcontentloaded'), page.click('button[type=submit]')]);
@@ -30,10 +36,10 @@ try {
   result.appUrl = page.url();
   result.appTitle = await page.title();
   result.appText = (await page.locator('body').innerText()).slice(0, 2000);
-  await page.screenshot({ path: `${shots}/2-opencode.png` });
+  await page.screenshot({ path: `${shots}/${prefix}2-opencode.png` });
   const cookies = await page.context().cookies();
-  result.cookie = cookies.filter((c) => c.name === 'occ_session')
-    .map((c) => ({ httpOnly: c.httpOnly, sameSite: c.sameSite }))[0] || null;
+  result.cookie = cookies.filter((c) => c.name === 'occ_session' || c.name === '__Host-occ_session')
+    .map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite, secure: c.secure }))[0] || null;
   console.log(JSON.stringify(result));
 } catch (e) {
   result.error = String(e);
