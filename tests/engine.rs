@@ -386,3 +386,63 @@ fn read_only_root_with_tmpfs_run_and_tmp() {
         .success());
     drop(c);
 }
+
+/// HTTPS in the real image (`OCC_TLS=self-signed`): logins over TLS through the published
+/// port, plain HTTP redirected, the certificate kept root-only in the users volume (the
+/// proxy's user cannot read it) and the same one served after `stop`/`start` and by a new
+/// container on the same volume; its fingerprint is the one `status` shows.
+#[test]
+fn tls_self_signed_in_the_image_survives_restarts_and_new_containers() {
+    use support::tls::{self as client, Trust};
+    let Some(e) = Engine::get() else { return };
+    let name = unique("tls");
+    let volume = unique("tlsvol");
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:3000");
+    let mount = format!("{volume}:/var/lib/occ");
+    let args = ["-p", &publish, "-v", &mount, "-e", "OCC_TLS=self-signed"];
+    let c = e.start(&name, &args);
+    let out = e.run_in(
+        &["exec", "-i", &name, "occ-init", "user", "add", "alice", "--password-stdin"],
+        Some("alice tls pw"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let alice = basic("alice", "alice tls pw");
+    let served = |port: u16| {
+        let mut fp = String::new();
+        let ok = eventually(Duration::from_secs(120), || {
+            match client::https(port, &Trust::Any, "GET", "/session", &alice, "") {
+                Ok((r, seen)) if r.status == 200 => {
+                    fp = seen.fingerprint;
+                    true
+                }
+                _ => false,
+            }
+        });
+        assert!(ok, "never served over HTTPS; logs:\n{}", e.logs(&name));
+        fp
+    };
+    let first = served(port);
+    let status: serde_json::Value =
+        serde_json::from_str(&e.ok(&["exec", &name, "occ-init", "status", "--json"])).unwrap();
+    assert_eq!(status["security"]["tls"]["fingerprint_sha256"], first.as_str());
+    let r = http(port, "GET", "/session", &alice, "");
+    assert_eq!(r.status, 308, "{r:?}");
+    let out = e.run(&["exec", "-u", "occ-proxy", &name, "cat", "/var/lib/occ/tls/key.pem"]);
+    assert!(!out.status.success(), "the proxy's user read the key: {}", text(&out));
+    let mode = e.ok(&["exec", &name, "stat", "-c", "%a %U", "/var/lib/occ/tls/key.pem"]);
+    assert_eq!(mode.trim(), "600 root");
+
+    e.ok(&["stop", "-t", "30", &name]);
+    e.ok(&["start", &name]);
+    assert_eq!(served(port), first, "a new certificate after stop/start");
+    drop(c);
+    let name2 = unique("tls2");
+    let port2 = free_port();
+    let publish2 = format!("127.0.0.1:{port2}:3000");
+    let args2 = ["-p", &publish2, "-v", &mount, "-e", "OCC_TLS=self-signed"];
+    let c2 = e.start(&name2, &args2);
+    assert_eq!(served(port2), first, "a new certificate in a new container");
+    drop(c2);
+    let _ = e.run(&["volume", "rm", "-f", &volume]);
+}
