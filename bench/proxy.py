@@ -34,6 +34,15 @@ run, in two parts (method and results: docs/benchmarks.md, "The login proxy").
    real auth socket). The repository's fake opencode (`occ-test-child fake-opencode`) is not used:
    it answers one request per connection (`Connection: close`) on one thread.
 
+1b. TLS (`--tls`, also part of a full run): the same fast upstream behind occ-proxy serving HTTPS
+   (`tls = files`, an ECDSA P-256 certificate made with openssl) and behind nginx serving HTTPS
+   with the same certificate and key (one worker, TLS 1.2/1.3, Basic from a {SHA} file, session
+   cache and tickets off so every new connection is a full handshake for both). Rows: full
+   handshakes per second (`openssl s_time -new`, 4 clients at once, no resumption) with the
+   server's CPU per handshake; kept-alive requests per second over TLS
+   (wrk, 64 connections, the median of --rounds interleaved rounds) with CPU per request; the
+   negotiated protocol and cipher; occ-proxy's RSS idle with TLS on.
+
 2. opencode (as before): occ-init with the real opencode; `GET /session` directly, through the
    proxy and through nginx (apr1 Basic file); time to the first server-sent event; terminal echo
    through a WebSocket; the proxy's idle RSS and its RSS holding 1,000 idle connections. opencode
@@ -47,7 +56,7 @@ during the next run. Everything started is killed at the end, on failure and on 
 gets SIGKILL should this script die); every subprocess runs under a deadline, the whole run too.
 
 Run as root after `cargo build --release`: `python3 bench/proxy.py [--fast-only | --opencode-only]
-[--rounds N] [--seconds S] [--wait-idle S] [--bin-dir DIR]` (installs wrk and nginx from Debian
+[--tls-only] [--rounds N] [--seconds S] [--wait-idle S] [--bin-dir DIR]` (installs wrk and nginx from Debian
 when missing). On a shared machine, `--wait-idle 60` waits before each wrk run for other work to
 stop; `--bin-dir` compares another build's occ-init and occ-proxy.
 """
@@ -63,6 +72,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -105,9 +115,19 @@ def unix_request(sock, method, path, body=""):
     return int(head.split(b" ", 2)[1]), rest
 
 
-def get(port, path, headers="", timeout=10):
+def tls_context():
+    """A client context that accepts the bench's own certificate (verification is the tests')."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def get(port, path, headers="", timeout=10, tls=False):
     """Status of one GET (the body is read by Content-Length; servers may keep the connection)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if tls:
+        s = tls_context().wrap_socket(s, server_hostname="localhost")
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n".encode())
     data = b""
     while b"\r\n\r\n" not in data:
@@ -137,13 +157,13 @@ def wait_idle():
         pass
 
 
-def wrk(port, conns, seconds=5, path="/session", auth=None, wait=True):
+def wrk(port, conns, seconds=5, path="/session", auth=None, wait=True, scheme="http"):
     """One wrk run: dict with p50/p99/max (ms), rps, requests, errors."""
     if wait:
         wait_idle()
     threads = min(conns, 2)
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency",
-                          "-H", f"Authorization: {auth or AUTH}", f"http://127.0.0.1:{port}{path}"],
+                          "-H", f"Authorization: {auth or AUTH}", f"{scheme}://127.0.0.1:{port}{path}"],
                          capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
 
     def ms(label):
@@ -355,6 +375,7 @@ class Runner:
             f.write(f"command = {json.dumps(command)}\nhost = '127.0.0.1'\nport = {port}\n"
                     f"admin_socket = '{sock}'\nauth_socket = '{d}/proxy/auth.sock'\n"
                     f"users_file = '{d}/users.toml'\nservice_user = 'benchoc'\n"
+                    f"proxy_command = '{PROXY_BIN}'\n"
                     "env = { OPENCODE_DISABLE_AUTOUPDATE = 'true' }\n"
                     + ("" if "instances =" in extra else "instances = 'shared'\n") + extra)
         env = {**os.environ, "OCC_CONFIG": f"{d}/init.toml", "OCC_LOG": os.environ.get("BENCH_OCC_LOG", "warn")}
@@ -391,7 +412,7 @@ class Runner:
         listen = status["opencode"]["listen"].rsplit(":", 1)
         return {"dir": d, "proc": p, "port": port, "sock": sock, "status": status, "pid1": pid1,
                 "proxy": proxy[0], "upstream": int(listen[1]) if len(listen) == 2 else None,
-                "upstream_auth": upstream_auth or AUTH}
+                "upstream_auth": upstream_auth or AUTH, "tls": "tls = 'files'" in extra}
 
     def nginx_proxy(self, name, upstream_port, htpasswd_line, upstream_auth):
         """Debian's nginx as a reverse proxy with Basic auth from a file, configured as occ-proxy
@@ -463,12 +484,13 @@ class Logins:
         if self.auth is None or time.time() + seconds + 5 > self.at + self.ttl:
             auth = self.new_user()
             self.at = time.time()
-            assert get(self.sb["port"], "/session", f"Authorization: {auth}\r\n", timeout=30) == 200
+            assert get(self.sb["port"], "/session", f"Authorization: {auth}\r\n", timeout=30,
+                       tls=self.sb.get("tls", False)) == 200
             self.auth = auth
         return self.auth
 
 
-def measure(port, conns, seconds, pids, upstream_pids, pid1, auth=None):
+def measure(port, conns, seconds, pids, upstream_pids, pid1, auth=None, scheme="http"):
     """A wrk run plus the CPU (µs per request) of `pids`, of the upstream and of PID 1, and the
     share of the machine's CPU that went to anything else (other work skews the row)."""
     everyone = sorted(set(pids) | set(upstream_pids) | ({pid1} if pid1 else set()))
@@ -482,7 +504,7 @@ def measure(port, conns, seconds, pids, upstream_pids, pid1, auth=None):
     if callable(auth):  # chosen after the wait (a cached login must not age during it)
         auth = auth()
     before = snap()
-    r = wrk(port, conns, seconds, auth=auth, wait=False)
+    r = wrk(port, conns, seconds, auth=auth, wait=False, scheme=scheme)
     after = snap()
     d = [a - b for a, b in zip(after, before)]
     per = [x * 1e6 / CLK_TCK / max(r["requests"], 1) for x in d[:2] + [d[6]]]
@@ -493,22 +515,8 @@ def measure(port, conns, seconds, pids, upstream_pids, pid1, auth=None):
 
 
 def fast_part(run, args):
-    nginx_bin = shutil.which("nginx")
-    up_port = free_port()
-    u = f"{run.tmp}/upstream"
-    os.makedirs(u)
-    os.chmod(u, 0o1777)  # the service user (created in the sandbox) writes its pid and temp files here
-    open(f"{u}/nginx.conf", "w").write(f"""
-worker_processes 1; pid {u}/nginx.pid; error_log {u}/nginx.err;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
-  client_body_temp_path {u}/body; proxy_temp_path {u}/proxy; fastcgi_temp_path {u}/fastcgi;
-  uwsgi_temp_path {u}/uwsgi; scgi_temp_path {u}/scgi;
-  server {{ listen 127.0.0.1:{up_port}; default_type application/json;
-    location / {{ return 200 '{FAST_BODY}'; }} }} }}
-""")
-    os.chmod(f"{u}/nginx.conf", 0o644)
-    cmd = ["/bin/sh", "-c", f"exec {nginx_bin} -e {u}/nginx.err -g 'daemon off;' -c {u}/nginx.conf", "fast-upstream"]
+    # The service user (created in the sandbox) writes the upstream's pid and temp files.
+    up_port, cmd = fast_upstream(run)
     sb = run.boot("fast", cmd, f"internal_port = {up_port}\n")
     assert sb["upstream"] == up_port, sb["status"]
     upstream_pids = [q for q in descendants(sb["pid1"]) if comm(q) == "nginx"]
@@ -552,6 +560,144 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
         rows.append((name, one[name], {k: median([r[k] for r in rs]) for k in rs[0]},
                      sum(r["errors"] for r in rs) + one[name]["errors"], rs))
     return rows, burst, logins.ttl
+
+
+def fast_upstream(run):
+    """The static nginx that stands in for opencode: (port, command for occ-init, its dir)."""
+    nginx_bin = shutil.which("nginx")
+    up_port = free_port()
+    u = f"{run.tmp}/upstream"
+    os.makedirs(u)
+    os.chmod(u, 0o1777)
+    open(f"{u}/nginx.conf", "w").write(f"""
+worker_processes 1; pid {u}/nginx.pid; error_log {u}/nginx.err;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  client_body_temp_path {u}/body; proxy_temp_path {u}/proxy; fastcgi_temp_path {u}/fastcgi;
+  uwsgi_temp_path {u}/uwsgi; scgi_temp_path {u}/scgi;
+  server {{ listen 127.0.0.1:{up_port}; default_type application/json;
+    location / {{ return 200 '{FAST_BODY}'; }} }} }}
+""")
+    os.chmod(f"{u}/nginx.conf", 0o644)
+    cmd = ["/bin/sh", "-c", f"exec {nginx_bin} -e {u}/nginx.err -g 'daemon off;' -c {u}/nginx.conf", "fast-upstream"]
+    return up_port, cmd
+
+
+def nginx_tls(run, upstream_port, htpasswd_line, upstream_auth, cert, key):
+    """nginx serving HTTPS with `cert`/`key` as a reverse proxy (as `Runner.nginx_proxy`), every
+    new connection a full handshake (no session cache, no tickets)."""
+    d = f"{run.tmp}/nginx-tls"
+    os.makedirs(d)
+    os.chmod(d, 0o755)
+    open(f"{d}/htpasswd", "w").write(f"{USER}:{htpasswd_line}\n")
+    os.chmod(f"{d}/htpasswd", 0o644)
+    port = free_port()
+    open(f"{d}/nginx.conf", "w").write(f"""
+worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/nginx.err;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; keepalive_requests 1000000; }}
+  server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;
+    auth_basic "opencode"; auth_basic_user_file {d}/htpasswd;
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_buffering off; proxy_set_header Authorization "{upstream_auth}";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host; }} }} }}
+""")
+    p = run.popen(["nginx", "-e", f"{d}/nginx.err", "-c", f"{d}/nginx.conf"],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, p, f"{d}/nginx.err")
+    return port, p
+
+
+def handshakes(port, seconds, pids, clients=4):
+    """Full TLS handshakes per second: `clients` `openssl s_time -new` at once (no resumption;
+    without -www s_time only connects and handshakes). Returns (per second, server CPU µs each)."""
+    wait_idle()
+    before = cpu_ticks(pids)
+    procs = [subprocess.Popen(["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
+                               "-time", str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True) for _ in range(clients)]
+    total = 0
+    for p in procs:
+        out, _ = p.communicate(timeout=seconds + 30)
+        m = re.search(r"(\d+) connections in ([\d.]+)s", out)
+        total += int(m.group(1)) if m else 0
+    cpu = cpu_ticks(pids) - before
+    return total / seconds, cpu * 1e6 / CLK_TCK / max(total, 1)
+
+
+def negotiated(port):
+    """The protocol and cipher a default client gets."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with tls_context().wrap_socket(raw, server_hostname="localhost") as s:
+            return f"{s.version()} {s.cipher()[0]}"
+
+
+def tls_part(run, args):
+    up_port, cmd = fast_upstream(run)
+    c = f"{run.tmp}/certs"
+    os.makedirs(c)
+    os.chmod(c, 0o755)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", f"{c}/key.pem", "-out", f"{c}/cert.pem", "-days", "30",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=30)
+    os.chmod(f"{c}/key.pem", 0o600)
+    sb = run.boot("tls", cmd, f"internal_port = {up_port}\ntls = 'files'\n"
+                  f"tls_cert_file = '{c}/cert.pem'\ntls_key_file = '{c}/key.pem'\n")
+    upstream_pids = [q for q in descendants(sb["pid1"]) if comm(q) == "nginx"]
+    sha = "{SHA}" + base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()
+    ng, ng_p = nginx_tls(run, up_port, sha, sb["upstream_auth"], f"{c}/cert.pem", f"{c}/key.pem")
+    logins = Logins(sb)
+    paths = [("occ-init proxy (TLS)", sb["port"], [sb["proxy"]]),
+             ("nginx (TLS, Basic {SHA} file)", ng, [ng_p.pid] + descendants(ng_p.pid))]
+
+    def auth_for(prt):
+        return logins.fresh(args.seconds) if prt == sb["port"] else AUTH
+    for _, prt, _ in paths:  # warm-up
+        assert get(prt, "/session", f"Authorization: {auth_for(prt)}\r\n", timeout=30, tls=True) == 200, prt
+        wrk(prt, 8, 1, auth=auth_for(prt), scheme="https")
+    idle_rss = rss_kib(sb["proxy"])
+    hs = {n: [] for n, _, _ in paths}
+    ka = {n: [] for n, _, _ in paths}
+    for i in range(args.rounds):
+        order = paths[i % 2:] + paths[:i % 2]
+        for name, prt, pids in order:
+            hs[name].append(handshakes(prt, args.seconds, pids))
+            ka[name].append(measure(prt, 64, args.seconds, pids, upstream_pids, sb["pid1"],
+                                    lambda: auth_for(prt), scheme="https"))
+    proxy_now = [q for q in descendants(sb["pid1"]) if comm(q) == "occ-proxy"]
+    assert proxy_now == [sb["proxy"]], f"the proxy restarted during the run: {proxy_now}"
+    rows = []
+    for name, prt, _ in paths:
+        rows.append((name, negotiated(prt), median([h[0] for h in hs[name]]), median([h[1] for h in hs[name]]),
+                     {k: median([r[k] for r in ka[name]]) for k in ka[name][0]},
+                     sum(r["errors"] for r in ka[name]), hs[name], ka[name]))
+    return rows, idle_rss
+
+
+def print_tls(rows, idle_rss, args):
+    ref = rows[1]
+    print(f"TLS (same fast upstream, same certificate and key, ECDSA P-256); medians of {args.rounds} "
+          f"interleaved {args.seconds}-s rounds; ratios are to nginx")
+    print()
+    print("| path | negotiated | full handshakes/s (4 clients) | vs nginx | CPU/handshake (µs) | req/s 64 kept-alive | "
+          "vs nginx | p50 64 (ms) | p99 64 (ms) | CPU/req (µs) | CPU/req vs nginx | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, neg, hps, hcpu, m, errors, _, _ in rows:
+        print(f"| {name} | {neg} | {hps:.0f} | {hps / ref[2]:.2f}× | {hcpu:.0f} | {m['rps']:.0f} | "
+              f"{m['rps'] / ref[4]['rps']:.2f}× | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu_us']:.1f} | "
+              f"{m['cpu_us'] / ref[4]['cpu_us']:.2f}× | {errors} |")
+    print()
+    for name, _, _, _, _, _, hs, ka in rows:
+        print(f"  {name}: rounds handshakes/s " + ", ".join(f"{h[0]:.0f}" for h in hs)
+              + "; req/s " + ", ".join(f"{r['rps']:.0f}" for r in ka)
+              + "; other CPU % " + ", ".join(f"{r['other_pct']:.0f}" for r in ka))
+    print()
+    print(f"occ-proxy RSS with TLS, idle after the warm-up: {idle_rss / 1024:.1f} MiB")
+    print()
 
 
 def print_fast(rows, burst, ttl, args):
@@ -673,6 +819,7 @@ def main():
     part = ap.add_mutually_exclusive_group()
     part.add_argument("--fast-only", action="store_true", help="only the fast-upstream rows")
     part.add_argument("--opencode-only", action="store_true", help="only the opencode rows")
+    part.add_argument("--tls-only", action="store_true", help="only the TLS rows")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved 64-connection rounds (fast upstream)")
     ap.add_argument("--seconds", type=int, default=5, help="length of each wrk run (fast upstream)")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
@@ -685,6 +832,10 @@ def main():
     global OCC, PROXY_BIN, WAIT_IDLE
     WAIT_IDLE = args.wait_idle
     OCC, PROXY_BIN = os.path.join(args.bin_dir, "occ-init"), os.path.join(args.bin_dir, "occ-proxy")
+    # The image's proxy is built with the `proxy` profile (opt-level 3); use that build when there.
+    speed = os.path.join(ROOT, "target/proxy/occ-proxy")
+    if args.bin_dir == os.path.join(ROOT, "target/release") and os.path.exists(speed):
+        PROXY_BIN = speed
     if os.geteuid() != 0:
         sys.exit("bench/proxy.py: run as root")
     if not shutil.which("wrk") or not shutil.which("nginx"):
@@ -700,16 +851,21 @@ def main():
     print(subprocess.run(["nginx", "-v"], capture_output=True, text=True, timeout=10).stderr.strip()
           + f", {os.cpu_count()} CPUs, kernel {os.uname().release}")
     print()
-    fast = oc = None
+    fast = oc = tls = None
     busy = [busy_percent()]
     run = Runner()
     try:
-        if not args.opencode_only:
+        if not args.opencode_only and not args.tls_only:
             fast = fast_part(run, args)
-            run.close()  # the fast part's processes are gone before opencode starts
+            run.close()  # the fast part's processes are gone before the next part starts
             run = Runner()
             busy.append(busy_percent())
-        if not args.fast_only:
+        if not args.opencode_only and not args.fast_only:
+            tls = tls_part(run, args)
+            run.close()
+            run = Runner()
+            busy.append(busy_percent())
+        if not args.fast_only and not args.tls_only:
             oc = opencode_part(run)
     finally:
         run.close()
@@ -719,6 +875,8 @@ def main():
     print()
     if fast:
         print_fast(*fast, args)
+    if tls:
+        print_tls(*tls, args)
     if oc:
         print_opencode(*oc)
 
