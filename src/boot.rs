@@ -332,7 +332,17 @@ impl Boot {
         let active_users = active_login_users(&users);
         let sessions =
             crate::proxy::session::Sessions::new(cfg.session_idle_timeout, cfg.session_max_age);
-        let admin = match admin::start(&cfg.admin_socket, users.clone(), limiter(&cfg), sessions) {
+        let tokens = crate::tokens::Tokens::load(&cfg.tokens_path()).unwrap_or_else(|e| {
+            log::error!("tokens: {e}; no personal API token is accepted until it is fixed");
+            crate::tokens::Tokens::refusing(&cfg.tokens_path(), &e)
+        });
+        let admin = match admin::start(
+            &cfg.admin_socket,
+            users.clone(),
+            limiter(&cfg),
+            sessions,
+            tokens,
+        ) {
             Ok(a) => Some(a),
             Err(e @ admin::AdminError::InUse(_)) => return Err(e.to_string()),
             Err(e) => {
@@ -681,6 +691,11 @@ impl Boot {
                     .as_ref()
                     .map(tls::TlsState::status)
                     .unwrap_or_default(),
+                tokens: self
+                    .admin
+                    .as_ref()
+                    .and_then(|(_, s)| s.tokens.lock().ok().map(|t| t.count()))
+                    .unwrap_or(0),
             },
             users: UsersStatus {
                 manifest: self.cfg.users_file.display().to_string(),

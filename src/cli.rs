@@ -106,6 +106,10 @@ pub enum Command {
     /// The users' own opencode instances (`instances = per-user`).
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// Personal API tokens: a user's second credential for scripts, the TUI and the SDK
+    /// (`Authorization: Bearer TOKEN`, or TOKEN as the user's HTTP Basic password).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Any other command line is supervised as with `run`.
     #[command(external_subcommand)]
     External(Vec<OsString>),
@@ -124,6 +128,35 @@ pub enum InstanceCommand {
     Stop {
         /// The login user.
         user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// List tokens (of USER, or everyone's): id, user, name, created, last used, expiry.
+    /// Never the tokens themselves: only their hashes are kept.
+    List {
+        /// Only this user's.
+        user: Option<String>,
+        /// As JSON, for tools.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a token for USER and print it once (it cannot be shown again).
+    Create {
+        /// The login user it belongs to.
+        user: String,
+        /// What it is for (shown in lists).
+        #[arg(long)]
+        name: String,
+        /// Lifetime: 90d (default), 12h, 365d, or never.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// Revoke the token with this id (from `token list`); it stops working within a second.
+    Revoke {
+        /// The token's id.
+        id: String,
     },
 }
 

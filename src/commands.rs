@@ -242,6 +242,118 @@ pub fn instance(cmd: crate::cli::InstanceCommand) -> i32 {
     }
 }
 
+/// `occ-init token list|create|revoke`
+pub fn token(cmd: crate::cli::TokenCommand) -> i32 {
+    use crate::cli::TokenCommand;
+    let error_of = |body: String| {
+        serde_json::from_str::<serde_json::Value>(&body)
+            .map(|v| api_error(&v))
+            .unwrap_or(body)
+    };
+    let date = |t: Option<i64>| t.map_or("-".to_string(), |t| crate::tls::rfc3339(t)[..16].replace('T', " "));
+    match cmd {
+        TokenCommand::List { user, json } => {
+            if let Some(u) = &user {
+                if let Err(e) = crate::manifest::check_name(u) {
+                    return fail(format!("{u:?}: {e}"));
+                }
+            }
+            let path = match &user {
+                Some(u) => format!("/v1/tokens?user={u}"),
+                None => "/v1/tokens".into(),
+            };
+            match call("GET", &path, Duration::from_secs(5)) {
+                Ok((200, body)) if json => {
+                    println!("{body}");
+                    0
+                }
+                Ok((200, body)) => {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    let list: Vec<crate::tokens::TokenInfo> =
+                        serde_json::from_value(v["tokens"].clone()).unwrap_or_default();
+                    if list.is_empty() {
+                        println!("no tokens");
+                        return 0;
+                    }
+                    println!(
+                        "{:<12}  {:<12}  {:<20}  {:<16}  {:<16}  EXPIRES",
+                        "ID", "USER", "NAME", "CREATED", "LAST USED"
+                    );
+                    for t in list {
+                        let expires = if t.expired {
+                            format!("{} (expired)", date(t.expires))
+                        } else if t.expires.is_none() {
+                            "never".into()
+                        } else {
+                            date(t.expires)
+                        };
+                        println!(
+                            "{:<12}  {:<12}  {:<20}  {:<16}  {:<16}  {expires}",
+                            t.id,
+                            t.user,
+                            t.name,
+                            date(Some(t.created)),
+                            date(t.last_used)
+                        );
+                    }
+                    0
+                }
+                Ok((_, body)) => fail(error_of(body)),
+                Err(e) => fail(e),
+            }
+        }
+        TokenCommand::Create {
+            user,
+            name,
+            expires,
+        } => {
+            if let Err(e) = crate::manifest::check_name(&user) {
+                return fail(format!("{user:?}: {e}"));
+            }
+            if let Some(e) = &expires {
+                if let Err(e) = crate::tokens::parse_expiry(e) {
+                    return fail(e.to_string());
+                }
+            }
+            let body = serde_json::json!({"user": user, "name": name, "expires": expires});
+            match crate::admin::client::request(
+                &config().admin_socket,
+                "POST",
+                "/v1/tokens",
+                Some(&body.to_string()),
+                Duration::from_secs(5),
+            ) {
+                Ok((201, body)) => {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    eprintln!(
+                        "token {} for {user} ({}), expires {}; shown once, keep it like a password:",
+                        v["id"].as_str().unwrap_or("?"),
+                        v["name"].as_str().unwrap_or("?"),
+                        v["expires"].as_i64().map_or("never".to_string(), |t| date(Some(t)))
+                    );
+                    println!("{}", v["token"].as_str().unwrap_or(""));
+                    0
+                }
+                Ok((_, body)) => fail(error_of(body)),
+                Err(e) => fail(e.to_string()),
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return fail(format!("{id:?} is not a token id (see `occ-init token list`)"));
+            }
+            match call("DELETE", &format!("/v1/tokens/{id}"), Duration::from_secs(5)) {
+                Ok((200, _)) => {
+                    println!("revoked token {id}");
+                    0
+                }
+                Ok((_, body)) => fail(error_of(body)),
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
 /// `occ-init restart`
 pub fn restart() -> i32 {
     match call("POST", "/v1/opencode/restart", Duration::from_secs(5)) {

@@ -193,6 +193,9 @@ pub struct Config {
     pub tls_dir: PathBuf,
     /// Send Strict-Transport-Security over TLS.
     pub hsts: bool,
+    /// Personal API tokens (hashes only, root-only); default `tokens.json` beside
+    /// `users_file`.
+    pub tokens_file: Option<PathBuf>,
     pub rate_limit_attempts: u32,
     pub rate_limit_window_seconds: u64,
     pub restart: RestartPolicy,
@@ -266,6 +269,7 @@ impl Default for Config {
             tls_names: Vec::new(),
             tls_dir: PathBuf::from("/var/lib/occ/tls"),
             hsts: false,
+            tokens_file: None,
             rate_limit_attempts: 5,
             rate_limit_window_seconds: 60,
             restart: RestartPolicy::Always,
@@ -343,6 +347,7 @@ const KEYS: &[&str] = &[
     "tls_names",
     "tls_dir",
     "hsts",
+    "tokens_file",
     "rate_limit_attempts",
     "rate_limit_window_seconds",
     "restart",
@@ -674,6 +679,13 @@ impl Config {
                 explicit: !self.tls_names.is_empty(),
             }),
         }
+    }
+
+    /// Where the personal API tokens are kept.
+    pub fn tokens_path(&self) -> PathBuf {
+        self.tokens_file
+            .clone()
+            .unwrap_or_else(|| crate::tokens::default_path(&self.users_file))
     }
 
     /// True when opencode would be reachable from the network.
@@ -1066,6 +1078,7 @@ mod tests {
             instances: Some(Instances::Shared),
             tls_cert_file: Some("/c".into()),
             tls_key_file: Some("/k".into()),
+            tokens_file: Some("/t".into()),
             ..Config::default()
         }
         .render()

@@ -22,6 +22,7 @@ pub mod spawn;
 pub mod status;
 pub mod supervise;
 pub mod tls;
+pub mod tokens;
 pub mod users;
 pub mod version;
 
@@ -79,6 +80,7 @@ pub fn run() -> i32 {
         Some(cli::Command::Health { live }) => commands::health(live),
         Some(cli::Command::Restart) => commands::restart(),
         Some(cli::Command::Instance(cmd)) => commands::instance(cmd),
+        Some(cli::Command::Token(cmd)) => commands::token(cmd),
         Some(cli::Command::Check(args)) => boot::check(args.config.as_deref(), &args.overrides()),
         Some(cli::Command::External(argv)) => match config::Config::load(None, &Default::default())
         {

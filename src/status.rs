@@ -96,6 +96,9 @@ pub struct Security {
     /// HTTPS at the proxy.
     #[serde(default)]
     pub tls: TlsStatus,
+    /// Personal API tokens that exist (expired ones included).
+    #[serde(default)]
+    pub tokens: usize,
 }
 
 /// The proxy's TLS (`security.tls`).
@@ -343,7 +346,8 @@ pub fn render(s: &Status, color: bool) -> String {
     let n = sec.auth_users.len();
     let auth = match sec.auth_enforced_by.as_str() {
         "proxy" => format!(
-            "occ-init proxy (PAM), {n} user{}",
+            "occ-init proxy: PAM passwords, personal API tokens ({}); {n} user{}",
+            sec.tokens,
             if n == 1 { "" } else { "s" }
         ),
         "opencode" => "opencode (its own login)".to_string(),
@@ -468,6 +472,7 @@ mod tests {
                 rate_limit_window_seconds: 60,
                 allow_unauthenticated_network: false,
                 tls: TlsStatus::default(),
+                tokens: 0,
             },
             users: UsersStatus {
                 manifest: "/var/lib/occ/users.toml".into(),
@@ -555,7 +560,7 @@ mod tests {
             "Add users: docker exec <container> occ-init user add NAME",
             "State:       gated",
             "(changes persist)",
-            "Auth:        occ-init proxy (PAM), 0 users",
+            "Auth:        occ-init proxy: PAM passwords, personal API tokens (0); 0 users",
             "proxy\n-----\nState:       ready (pid 7)",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
@@ -647,7 +652,7 @@ mod tests {
         s.security.auth_enforced_by = "proxy".into();
         let text = render(&s, false);
         assert!(
-            text.contains("Auth:        occ-init proxy (PAM), 1 user\n"),
+            text.contains("Auth:        occ-init proxy: PAM passwords, personal API tokens (0); 1 user\n"),
             "{text}"
         );
         assert!(!text.contains("without authentication"), "{text}");

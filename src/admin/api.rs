@@ -43,6 +43,24 @@ pub enum Route {
     StopInstance {
         user: String,
     },
+    ListTokens {
+        user: Option<String>,
+    },
+    CreateToken(NewToken),
+    RevokeToken {
+        id: String,
+    },
+}
+
+/// Body of `POST /v1/tokens` (and the auth socket's): whose, its name, its lifetime
+/// (`90d`, `12h`, `never`; default 90 days).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub user: String,
+    pub name: String,
+    #[serde(default)]
+    pub expires: Option<String>,
 }
 
 /// A secret from a request body (never printed).
@@ -154,6 +172,23 @@ pub enum AuthRoute {
     SyncSessions(SessionSync),
     /// Users' activity, and a user whose instance to start (per-user instances).
     Instances(crate::instances::Report),
+    /// Check a personal API token given as `Authorization: Bearer` (rate-limited per
+    /// client address).
+    Token {
+        token: SecretString,
+        client: String,
+    },
+    /// The signed-in user's own tokens: list, create, revoke (the tokens page).
+    UserTokens { user: String },
+    CreateToken(NewToken),
+    RevokeToken { user: String, id: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthTokenBody {
+    token: String,
+    client: String,
 }
 
 pub use crate::proxy::auth::SessionCopy;
@@ -188,6 +223,21 @@ pub fn route_auth(req: &Request) -> Result<AuthRoute, ApiError> {
         ("POST", ["v1", "auth", "instances"]) => Ok(AuthRoute::Instances(json_body(req)?)),
         ("GET", ["v1", "auth", "users", name]) => Ok(AuthRoute::User {
             name: name.to_string(),
+        }),
+        ("POST", ["v1", "auth", "token"]) => {
+            let b: AuthTokenBody = json_body(req)?;
+            Ok(AuthRoute::Token {
+                token: SecretString::new(b.token),
+                client: b.client.chars().take(64).collect(),
+            })
+        }
+        ("GET", ["v1", "auth", "tokens", user]) => Ok(AuthRoute::UserTokens {
+            user: user.to_string(),
+        }),
+        ("POST", ["v1", "auth", "tokens"]) => Ok(AuthRoute::CreateToken(json_body(req)?)),
+        ("DELETE", ["v1", "auth", "tokens", user, id]) => Ok(AuthRoute::RevokeToken {
+            user: user.to_string(),
+            id: id.to_string(),
         }),
         ("POST", ["v1", "auth", "verify"]) => {
             let b: AuthVerifyBody = json_body(req)?;
@@ -250,6 +300,17 @@ pub fn route(req: &Request) -> Result<Route, ApiError> {
                 user: user.to_string(),
             })
             .ok_or_else(wrong_method),
+        ["v1", "tokens"] => match m {
+            "GET" => Ok(Route::ListTokens {
+                user: req.query_param("user").map(str::to_string),
+            }),
+            "POST" => Ok(Route::CreateToken(json_body(req)?)),
+            _ => Err(wrong_method()),
+        },
+        ["v1", "tokens", id] => match m {
+            "DELETE" => Ok(Route::RevokeToken { id: id.to_string() }),
+            _ => Err(wrong_method()),
+        },
         ["v1", "users"] => match m {
             "GET" => Ok(Route::ListUsers),
             "POST" => {
@@ -443,6 +504,33 @@ mod tests {
             ),
             ("POST", "/v1/opencode/restart", "", Route::Restart),
             ("GET", "/v1/instances", "", Route::ListInstances),
+            ("GET", "/v1/tokens", "", Route::ListTokens { user: None }),
+            (
+                "GET",
+                "/v1/tokens?user=alice",
+                "",
+                Route::ListTokens {
+                    user: Some("alice".into()),
+                },
+            ),
+            (
+                "POST",
+                "/v1/tokens",
+                r#"{"user":"alice","name":"ci","expires":"30d"}"#,
+                Route::CreateToken(NewToken {
+                    user: "alice".into(),
+                    name: "ci".into(),
+                    expires: Some("30d".into()),
+                }),
+            ),
+            (
+                "DELETE",
+                "/v1/tokens/0123456789ab",
+                "",
+                Route::RevokeToken {
+                    id: "0123456789ab".into(),
+                },
+            ),
             (
                 "POST",
                 "/v1/instances/alice/stop",

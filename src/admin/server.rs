@@ -207,6 +207,8 @@ pub struct Shared {
     /// The proxy's browser sessions, kept here so that a restarted proxy logs nobody out
     /// (keyed by the hash of the cookie's token; see `proxy::session`).
     pub sessions: Mutex<Sessions>,
+    /// Personal API tokens.
+    pub tokens: Mutex<crate::tokens::Tokens>,
     /// Sockets bound here, removed at exit if still ours.
     bound: Mutex<Vec<Bound>>,
     jobs: Mutex<Sender<Job>>,
@@ -275,6 +277,7 @@ pub fn start(
     users: Users,
     limiter: RateLimiter,
     sessions: Sessions,
+    tokens: crate::tokens::Tokens,
 ) -> Result<(Mailbox, Arc<Shared>), AdminError> {
     let io_err = |source| AdminError::Io {
         path: path.to_path_buf(),
@@ -291,6 +294,7 @@ pub fn start(
         gate: Mutex::new(GateView::default()),
         auth_uid: Mutex::new(None),
         sessions: Mutex::new(sessions),
+        tokens: Mutex::new(tokens),
         bound: Mutex::new(vec![bound]),
         jobs: Mutex::new(tx),
         waker,
@@ -589,6 +593,10 @@ fn handle_auth(route: api::AuthRoute, shared: &Shared) -> Response {
             password,
             client,
         } => verify_login(shared, Limit::Client(&client), &name, password),
+        api::AuthRoute::Token { token, client } => verify_bearer(shared, &client, token),
+        api::AuthRoute::UserTokens { user } => list_tokens(shared, Some(&user)),
+        api::AuthRoute::CreateToken(t) => create_token(shared, t),
+        api::AuthRoute::RevokeToken { user, id } => revoke_token(shared, &id, Some(&user)),
         api::AuthRoute::Instances(report) => match shared.ask(LoopRequest::Instances(report))? {
             LoopReply::Instances(views) => Ok(Response::json(
                 200,
@@ -645,6 +653,12 @@ fn verify_login(
     let fingerprint = match users.login_fingerprint(name) {
         // An empty password never reaches PAM (which may take it: `nullok`).
         Ok(Some(_)) if password.expose().is_empty() => None,
+        // A personal API token as the password: checked here, never by PAM.
+        Ok(Some(_)) if crate::tokens::looks_like_token(password.expose()) => {
+            token_user(shared, &users, password.expose())
+                .filter(|(user, _)| user == name)
+                .map(|(_, fp)| fp)
+        }
         Ok(Some(fp)) => users.verify(name, &password).ok().map(|()| fp),
         Ok(None) => None,
         Err(e) => {
@@ -670,6 +684,113 @@ fn verify_login(
             Err(api::users_error(&UsersError::AuthFailed))
         }
     }
+}
+
+/// The user of a good token who can still log in (with the uid the token was made for),
+/// and her login fingerprint.
+fn token_user(shared: &Shared, users: &Users, token: &str) -> Option<(String, u64)> {
+    let now = crate::tls::now_unix();
+    let (user, uid, _) = shared.tokens.lock().ok()?.check(token, now)?;
+    let fp = users.login_fingerprint(&user).ok()??;
+    (users.login_uid(&user).ok()?? == uid).then_some((user, fp))
+}
+
+/// A Bearer token from the proxy's client at `client`: rate-limited per address (failures
+/// count like wrong passwords), its user and fingerprint when good.
+fn verify_bearer(
+    shared: &Shared,
+    client: &str,
+    token: crate::secret::SecretString,
+) -> Result<Response, ApiError> {
+    let now = Instant::now();
+    let keys = vec![format!("client:{client}")];
+    let begun = shared
+        .limiter
+        .lock()
+        .map_err(|_| ApiError::new(500, "internal", "limiter"))?
+        .begin(&keys, now);
+    if let Err(wait) = begun {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut r = ApiError::new(
+            429,
+            "rate_limited",
+            format!("too many failed attempts; retry in {secs}s"),
+        )
+        .response();
+        r.headers.push(("Retry-After".into(), secs.to_string()));
+        return Ok(r);
+    }
+    let users = users_of(shared)?;
+    let found = crate::tokens::looks_like_token(token.expose())
+        .then(|| token_user(shared, &users, token.expose()))
+        .flatten();
+    drop(token);
+    let Ok(mut rl) = shared.limiter.lock() else {
+        return Err(ApiError::new(500, "internal", "limiter"));
+    };
+    match found {
+        Some((user, fp)) => {
+            rl.succeeded(&keys);
+            Ok(ok(200, json!({"ok": true, "user": user, "fingerprint": fp.to_string()})))
+        }
+        None => {
+            rl.failed(&keys, Instant::now());
+            Err(api::users_error(&UsersError::AuthFailed))
+        }
+    }
+}
+
+fn token_error(e: &crate::tokens::TokenError) -> ApiError {
+    use crate::tokens::TokenError as T;
+    match e {
+        T::NotFound(_) => ApiError::new(404, "no_token", e.to_string()),
+        T::NoSuchUser(_) => ApiError::new(404, "no_login", e.to_string()),
+        T::BadName | T::BadExpiry(_) => ApiError::new(400, "bad_request", e.to_string()),
+        T::TooMany(_) => ApiError::new(409, "too_many", e.to_string()),
+        T::Store { .. } => ApiError::new(500, "store", e.to_string()),
+    }
+}
+
+fn list_tokens(shared: &Shared, user: Option<&str>) -> Result<Response, ApiError> {
+    let list = shared
+        .tokens
+        .lock()
+        .map_err(|_| ApiError::new(500, "internal", "tokens unavailable"))?
+        .list(user, crate::tls::now_unix());
+    Ok(ok(200, json!({ "tokens": list })))
+}
+
+/// Make a token for a user who can log in now; the token is in this answer only.
+fn create_token(shared: &Shared, t: api::NewToken) -> Result<Response, ApiError> {
+    let lifetime = match &t.expires {
+        Some(e) => crate::tokens::parse_expiry(e).map_err(|e| token_error(&e))?,
+        None => Some(crate::tokens::DEFAULT_DAYS * 86_400),
+    };
+    let uid = users_of(shared)?
+        .login_uid(&t.user)
+        .map_err(|e| api::users_error(&e))?
+        .ok_or_else(|| token_error(&crate::tokens::TokenError::NoSuchUser(t.user.clone())))?;
+    let (info, token) = shared
+        .tokens
+        .lock()
+        .map_err(|_| ApiError::new(500, "internal", "tokens unavailable"))?
+        .create(&t.user, uid, &t.name, lifetime, crate::tls::now_unix())
+        .map_err(|e| token_error(&e))?;
+    log::info!("token {} ({:?}) made for {:?}", info.id, info.name, info.user);
+    let mut body = serde_json::to_value(&info).unwrap_or_default();
+    body["token"] = json!(token.expose());
+    Ok(ok(201, body))
+}
+
+fn revoke_token(shared: &Shared, id: &str, user: Option<&str>) -> Result<Response, ApiError> {
+    let info = shared
+        .tokens
+        .lock()
+        .map_err(|_| ApiError::new(500, "internal", "tokens unavailable"))?
+        .revoke(id, user, crate::tls::now_unix())
+        .map_err(|e| token_error(&e))?;
+    log::info!("token {} ({:?}) of {:?} revoked", info.id, info.name, info.user);
+    Ok(ok(200, json!({"revoked": info})))
 }
 
 /// Read one request within [`REQUEST_DEADLINE`]; on a bad one answer the error and give `None`.
@@ -805,7 +926,19 @@ fn handle(route: Route, uid: u32, shared: &Shared) -> Response {
             },
             201,
         ),
-        Route::RemoveUser { name, force } => mutate(shared, UserOp::Remove { name, force }, 200),
+        Route::RemoveUser { name, force } => {
+            let r = mutate(shared, UserOp::Remove { name: name.clone(), force }, 200)?;
+            // Her tokens go with the account (a later user of the name gets none of them).
+            if let Ok(mut t) = shared.tokens.lock() {
+                if let Err(e) = t.remove_user(&name) {
+                    log::warn!("tokens of {name:?}: {e}");
+                }
+            }
+            Ok(r)
+        }
+        Route::ListTokens { user } => list_tokens(shared, user.as_deref()),
+        Route::CreateToken(t) => create_token(shared, t),
+        Route::RevokeToken { id } => revoke_token(shared, &id, None),
         Route::SetPassword { name, secret } => mutate(
             shared,
             UserOp::SetPassword {

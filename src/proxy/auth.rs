@@ -146,7 +146,7 @@ impl AuthClient {
         body: &[u8],
         deadline: Duration,
     ) -> Option<Answer> {
-        let pool = if path == "/v1/auth/verify" {
+        let pool = if path == "/v1/auth/verify" || path == "/v1/auth/token" {
             &self.verifies
         } else {
             &self.lookups
@@ -194,6 +194,88 @@ impl AuthClient {
             },
             _ => Verdict::Unavailable,
         }
+    }
+
+    /// Check a Bearer token: the verdict, and whose token it is when valid.
+    pub async fn verify_token(&self, token: &str, client: &str) -> (Verdict, Option<String>) {
+        let mut body = serde_json::to_vec(&serde_json::json!({
+            "token": token, "client": client,
+        }))
+        .unwrap_or_default();
+        let answer = self
+            .call("POST", "/v1/auth/token", &body, VERIFY_TIMEOUT)
+            .await;
+        body.iter_mut().for_each(|b| *b = 0);
+        let Some(a) = answer else {
+            return (Verdict::Unavailable, None);
+        };
+        match a.status {
+            200 => {
+                let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
+                match (fingerprint_of(&a.body), v["user"].as_str()) {
+                    (Some(fingerprint), Some(user)) => {
+                        (Verdict::Valid { fingerprint }, Some(user.to_string()))
+                    }
+                    _ => (Verdict::Unavailable, None),
+                }
+            }
+            401 => (Verdict::Denied, None),
+            429 => (
+                Verdict::Limited {
+                    retry_after: a.retry_after.unwrap_or(1),
+                },
+                None,
+            ),
+            _ => (Verdict::Unavailable, None),
+        }
+    }
+
+    /// `user`'s tokens (never the tokens themselves).
+    pub async fn tokens(&self, user: &str) -> Result<Vec<crate::tokens::TokenInfo>, ()> {
+        let path = format!("/v1/auth/tokens/{}", super::request::percent_encode(user));
+        let v: serde_json::Value =
+            serde_json::from_slice(&self.get_ok(&path).await?).map_err(|_| ())?;
+        serde_json::from_value(v["tokens"].clone()).map_err(|_| ())
+    }
+
+    /// Make a token for `user`: the new token, or PID 1's message why not.
+    pub async fn create_token(
+        &self,
+        user: &str,
+        name: &str,
+        expires: &str,
+    ) -> Result<crate::secret::SecretString, String> {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "user": user, "name": name, "expires": expires,
+        }))
+        .unwrap_or_default();
+        let a = self
+            .call("POST", "/v1/auth/tokens", &body, LOOKUP_TIMEOUT)
+            .await
+            .ok_or_else(|| "occ-init is not answering".to_string())?;
+        let mut v: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
+        match (a.status, v["token"].take()) {
+            (201, serde_json::Value::String(t)) => Ok(crate::secret::SecretString::new(t)),
+            _ => Err(v["error"].as_str().unwrap_or("the token was not made").to_string()),
+        }
+    }
+
+    /// Revoke `user`'s token `id`.
+    pub async fn revoke_token(&self, user: &str, id: &str) -> Result<(), String> {
+        let path = format!(
+            "/v1/auth/tokens/{}/{}",
+            super::request::percent_encode(user),
+            super::request::percent_encode(id)
+        );
+        let a = self
+            .call("DELETE", &path, b"", LOOKUP_TIMEOUT)
+            .await
+            .ok_or_else(|| "occ-init is not answering".to_string())?;
+        if a.status == 200 {
+            return Ok(());
+        }
+        let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
+        Err(v["error"].as_str().unwrap_or("not revoked").to_string())
     }
 
     /// `Ok(Some(fp))` when `name` can log in now, `Ok(None)` when not, `Err` when PID 1

@@ -57,6 +57,57 @@ pub fn login(next: &str, error: Option<&str>, no_users: bool) -> String {
     )
 }
 
+/// The signed-in user's tokens page: the list (id, name, dates), a form to make one and a
+/// button to revoke each; `fresh` is a token just made, shown this once.
+pub fn tokens(
+    user: &str,
+    list: &[crate::tokens::TokenInfo],
+    fresh: Option<&str>,
+    error: Option<&str>,
+) -> String {
+    let date = |t: Option<i64>| {
+        t.map_or("—".to_string(), |t| {
+            crate::tls::rfc3339(t)[..16].replace('T', " ")
+        })
+    };
+    let mut rows = String::new();
+    for t in list {
+        let expires = match (t.expires, t.expired) {
+            (None, _) => "never".to_string(),
+            (e, true) => format!("{} (expired)", date(e)),
+            (e, false) => date(e),
+        };
+        rows.push_str(&format!(
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><form method=\"post\" action=\"/_occ/tokens\"><input type=\"hidden\" name=\"action\" value=\"revoke\"><input type=\"hidden\" name=\"id\" value=\"{}\"><button class=\"small\" type=\"submit\">Revoke</button></form></td></tr>",
+            escape(&t.id),
+            escape(&t.name),
+            date(Some(t.created)),
+            date(t.last_used),
+            escape(&expires),
+            escape(&t.id),
+        ));
+    }
+    if rows.is_empty() {
+        rows = "<tr><td colspan=\"6\">No tokens yet.</td></tr>".into();
+    }
+    let fresh = fresh
+        .map(|t| {
+            format!(
+                "<div class=\"new\" role=\"status\"><p>Your new token, shown once: copy it now.</p><p><code id=\"token\">{}</code></p><p>Use it as <code>Authorization: Bearer …</code> or as your password: <code>opencode attach URL -u {} -p TOKEN</code></p></div>",
+                escape(t),
+                escape(user)
+            )
+        })
+        .unwrap_or_default();
+    let err = error
+        .map(|e| format!("<div class=\"err\" role=\"alert\">{}</div>", escape(e)))
+        .unwrap_or_default();
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>API tokens · opencode</title><style>{STYLE}main{{width:min(94vw,860px)}}table{{width:100%;border-collapse:collapse;margin:8px 0 18px;font-size:14px}}td,th{{text-align:left;padding:6px;border-bottom:1px solid #2a2f3a}}button.small{{margin:0;width:auto;padding:4px 10px;font-size:13px}}.new{{background:#16301f;border:1px solid #2f6b3f;padding:8px 12px;border-radius:6px;margin:0 0 12px}}.row{{display:flex;gap:8px}}.row>*{{flex:1}}</style></head><body><main><h1>Personal API tokens</h1><p>Signed in as {user}. A token works like your password for opencode's TUI, the SDK and scripts, and can be revoked on its own.</p>{err}{fresh}<table><thead><tr><th>ID</th><th>Name</th><th>Created</th><th>Last used</th><th>Expires</th><th></th></tr></thead><tbody>{rows}</tbody></table><form method=\"post\" action=\"/_occ/tokens\"><input type=\"hidden\" name=\"action\" value=\"create\"><div class=\"row\"><div><label for=\"name\">Name</label><input id=\"name\" name=\"name\" maxlength=\"64\" required placeholder=\"laptop TUI\"></div><div><label for=\"expires\">Expires after</label><input id=\"expires\" name=\"expires\" value=\"90d\"></div></div><button type=\"submit\">Create token</button></form></main></body></html>",
+        user = escape(user),
+    )
+}
+
 /// What to tell someone while opencode is gated.
 pub const GATE_HOWTO: &str = "docker exec -it <container> occ-init user add NAME";
 

@@ -19,6 +19,8 @@ pub enum Kind {
     LoginSubmit,
     /// `POST /_occ/logout`.
     Logout,
+    /// `GET`/`POST /_occ/tokens`: the signed-in user's personal API tokens.
+    Tokens,
     /// Any other `/_occ/` path or method: 404 / 405.
     OwnNotFound,
     /// `GET /global/health` answered without credentials (`public_health`).
@@ -34,6 +36,7 @@ pub fn classify(method: &str, path: &str, public_health: bool) -> Kind {
         ("GET" | "HEAD", "/_occ/login") => Kind::LoginForm,
         ("POST", "/_occ/login") => Kind::LoginSubmit,
         ("POST", "/_occ/logout") => Kind::Logout,
+        ("GET" | "HEAD" | "POST", "/_occ/tokens") => Kind::Tokens,
         (_, p) if p.starts_with(super::PREFIX) || p == "/_occ" => Kind::OwnNotFound,
         ("GET" | "HEAD", "/global/health") if public_health => Kind::PublicHealth,
         _ => Kind::Opencode,
@@ -184,6 +187,35 @@ const BASIC_BASE64: GeneralPurpose = GeneralPurpose::new(
 
 /// User and password from an `Authorization: Basic …` value; `None` unless both are
 /// non-empty and within bounds (an empty password is refused before any check).
+/// The token of `Authorization: Bearer TOKEN` (at most 256 characters).
+pub fn bearer_token(value: &str) -> Option<String> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    let token = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= 256)
+        .then(|| token.to_string())
+}
+
+/// What the tokens page's form asks: `create` (name, expiry) or `revoke` (id).
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenForm {
+    Create { name: String, expires: String },
+    Revoke { id: String },
+}
+
+/// Parse the tokens page's form.
+pub fn parse_token_form(body: &str) -> Option<TokenForm> {
+    match form_value(body, "action")?.as_str() {
+        "create" => Some(TokenForm::Create {
+            name: form_value(body, "name")?,
+            expires: form_value(body, "expires").unwrap_or_else(|| "90d".into()),
+        }),
+        "revoke" => Some(TokenForm::Revoke {
+            id: form_value(body, "id")?,
+        }),
+        _ => None,
+    }
+}
+
 pub fn basic_credentials(value: &str) -> Option<(String, String)> {
     let (scheme, rest) = value.trim().split_once(' ')?;
     let encoded = rest.trim();

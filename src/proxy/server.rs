@@ -38,6 +38,9 @@ pub const REVALIDATE: Duration = Duration::from_secs(1);
 /// Verified Basic credentials are trusted without asking PID 1 again for this long (the
 /// user's login fingerprint is still re-checked every [`REVALIDATE`]).
 pub const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
+/// A verified personal API token (Bearer, or as a Basic password) is trusted this long: a
+/// revoked token stops working within it.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
 /// A failed login is answered no sooner than this after it began, whatever the reason
 /// (unknown user and wrong password look the same).
 pub const FAIL_FLOOR: Duration = Duration::from_secs(3);
@@ -86,6 +89,19 @@ struct BasicEntry {
     user: String,
     fingerprint: String,
     verified: Instant,
+    /// A personal API token (trusted for [`TOKEN_CACHE_TTL`] only).
+    token: bool,
+}
+
+impl BasicEntry {
+    fn fresh(&self) -> bool {
+        self.verified.elapsed()
+            < if self.token {
+                TOKEN_CACHE_TTL
+            } else {
+                BASIC_CACHE_TTL
+            }
+    }
 }
 
 /// Session changes not yet told to PID 1.
@@ -114,6 +130,8 @@ pub struct Proxy {
     pub slots: Arc<Slots>,
     /// Password checks in flight, by keyed hash of the credentials.
     verifying: Flights<(u64, u64), Verdict>,
+    /// Bearer token checks in flight, by keyed hash of the token.
+    bearers: Flights<(u64, u64), (Verdict, Option<String>)>,
     /// Fingerprint look-ups in flight, by user.
     fingerprints: Flights<String, Result<Option<String>, ()>>,
     /// The gate-state refresh in flight.
@@ -278,6 +296,16 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Does the request carry a personal API token (Bearer, or as the Basic password)?
+fn by_token(h: &HeaderMap) -> bool {
+    let Some(a) = header_str(h, header::AUTHORIZATION) else {
+        return false;
+    };
+    request::bearer_token(a).is_some()
+        || request::basic_credentials(a)
+            .is_some_and(|(_, p)| crate::tokens::looks_like_token(&p))
+}
+
 /// Who is asking, once authenticated.
 enum Auth {
     User(String),
@@ -311,6 +339,7 @@ impl Proxy {
             basic_keys: (std::hash::RandomState::new(), std::hash::RandomState::new()),
             gate: Mutex::new(None),
             verifying: Flights::default(),
+            bearers: Flights::default(),
             fingerprints: Flights::default(),
             gates: Flights::default(),
             pending: Mutex::new(Pending::default()),
@@ -723,15 +752,17 @@ impl Proxy {
                 }
             }
         }
-        let Some((user, password)) =
-            header_str(headers, header::AUTHORIZATION).and_then(request::basic_credentials)
-        else {
+        let authorization = header_str(headers, header::AUTHORIZATION);
+        if let Some(token) = authorization.and_then(request::bearer_token) {
+            return self.authenticate_bearer(&token, client).await;
+        }
+        let Some((user, password)) = authorization.and_then(request::basic_credentials) else {
             return Auth::Denied;
         };
         let key = self.basic_key(&user, &password);
         let cached = self.basic.lock().ok().and_then(|b| {
             b.get(&key)
-                .filter(|e| e.user == user && e.verified.elapsed() < BASIC_CACHE_TTL)
+                .filter(|e| e.user == user && e.fresh())
                 .map(|e| e.fingerprint.clone())
         });
         if let Some(fp) = cached {
@@ -757,6 +788,7 @@ impl Proxy {
                             user: user.clone(),
                             fingerprint: fingerprint.clone(),
                             verified: Instant::now(),
+                            token: crate::tokens::looks_like_token(&password),
                         },
                     );
                 }
@@ -766,6 +798,108 @@ impl Proxy {
             Verdict::Limited { retry_after } => Auth::Limited(retry_after),
             Verdict::Unavailable => Auth::Unavailable,
         }
+    }
+
+    /// `Authorization: Bearer TOKEN`: a personal API token, checked by PID 1 (one check for
+    /// identical concurrent tokens, trusted for [`TOKEN_CACHE_TTL`]).
+    async fn authenticate_bearer(self: &Arc<Self>, token: &str, client: &str) -> Auth {
+        let key = self.basic_key("", token);
+        let cached = self.basic.lock().ok().and_then(|b| {
+            b.get(&key)
+                .filter(|e| e.token && e.fresh())
+                .map(|e| (e.user.clone(), e.fingerprint.clone()))
+        });
+        if let Some((user, fp)) = cached {
+            match self.current_fingerprint(&user).await {
+                Ok(Some(cur)) if cur == fp => return Auth::User(user),
+                Ok(_) => {}
+                Err(()) => return Auth::Unavailable,
+            }
+        }
+        let me = self.clone();
+        let (t, c) = (token.to_string(), client.to_string());
+        let (verdict, user) = self
+            .bearers
+            .run(key, move || async move { me.auth.verify_token(&t, &c).await })
+            .await
+            .unwrap_or((Verdict::Unavailable, None));
+        match (verdict, user) {
+            (Verdict::Valid { fingerprint }, Some(user)) => {
+                if let Ok(mut b) = self.basic.lock() {
+                    if b.len() >= MAX_BASIC_CACHE {
+                        b.clear();
+                    }
+                    b.insert(
+                        key,
+                        BasicEntry {
+                            user: user.clone(),
+                            fingerprint,
+                            verified: Instant::now(),
+                            token: true,
+                        },
+                    );
+                }
+                Auth::User(user)
+            }
+            (Verdict::Limited { retry_after }, _) => {
+                log::info!("token refused from {client}: rate limited");
+                Auth::Limited(retry_after)
+            }
+            (Verdict::Unavailable, _) => Auth::Unavailable,
+            _ => {
+                log::info!("token refused from {client}");
+                Auth::Denied
+            }
+        }
+    }
+
+    /// The tokens page of `user`: GET lists; POST creates (the token shown once) or revokes.
+    async fn tokens_page(self: &Arc<Self>, req: Request<Incoming>, user: &str) -> Response<Body> {
+        let mut fresh = None;
+        let mut error = None;
+        if req.method() == hyper::Method::POST {
+            let body = tokio::time::timeout(
+                FORM_TIMEOUT,
+                Limited::new(req.into_body(), MAX_FORM).collect(),
+            )
+            .await;
+            let form = match body {
+                Ok(Ok(c)) => request::parse_token_form(&String::from_utf8_lossy(&c.to_bytes())),
+                _ => None,
+            };
+            match form {
+                Some(request::TokenForm::Create { name, expires }) => {
+                    match self.auth.create_token(user, &name, &expires).await {
+                        Ok(t) => {
+                            log::info!("{user:?} made a token ({name:?}) on the tokens page");
+                            fresh = Some(t);
+                        }
+                        Err(e) => error = Some(e),
+                    }
+                }
+                Some(request::TokenForm::Revoke { id }) => {
+                    if let Err(e) = self.auth.revoke_token(user, &id).await {
+                        error = Some(e);
+                    }
+                }
+                None => error = Some("That form was not understood.".into()),
+            }
+        }
+        let Ok(list) = self.auth.tokens(user).await else {
+            return unavailable("cannot list the tokens right now");
+        };
+        let page = pages::tokens(
+            user,
+            &list,
+            fresh.as_ref().map(|t| t.expose()),
+            error.as_deref(),
+        );
+        let status = if error.is_some() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        };
+        html(status, page)
     }
 
     /// `Err` when a page of another origin sent the request (see [`origin`]).
@@ -827,7 +961,10 @@ impl Proxy {
         }
         // Pages of other origins (another port of this host is the same *site*) get
         // nothing: no login, no logout, no request with a user's credentials.
-        if matches!(kind, Kind::LoginSubmit | Kind::Logout | Kind::Opencode) {
+        if matches!(
+            kind,
+            Kind::LoginSubmit | Kind::Logout | Kind::Opencode | Kind::Tokens
+        ) {
             if let Err(why) = self.same_origin(h, req.method().as_str(), https) {
                 log::debug!(
                     "refused {} {path} from {client}: {why} (Origin {:?})",
@@ -895,6 +1032,22 @@ impl Proxy {
                 r
             }
             Kind::Logout => self.logout(&req, https),
+            Kind::Tokens => match self.authenticate(req.headers(), &client).await {
+                // Tokens are managed with the password (a leaked token must not mint more).
+                Auth::User(_) if by_token(req.headers()) => json(
+                    StatusCode::FORBIDDEN,
+                    serde_json::json!({"error": "password_required",
+                        "message": "sign in with your password to manage tokens"}),
+                ),
+                Auth::User(user) => {
+                    slot.authenticated();
+                    self.tokens_page(req, &user).await
+                }
+                Auth::Denied if wants_html => redirect(&request::login_location("/_occ/tokens")),
+                Auth::Denied => unauthorized(),
+                Auth::Limited(s) => too_many(s, None),
+                Auth::Unavailable => unavailable("cannot check the login right now"),
+            },
             Kind::OwnNotFound => json(
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": "not_found"}),

@@ -782,6 +782,18 @@ impl Users {
         Ok(out)
     }
 
+    /// The uid of `name` when she can log in now.
+    pub fn login_uid(&self, name: &str) -> Result<Option<u32>, UsersError> {
+        let accounts = self.accounts()?;
+        let active = self
+            .list_with(&accounts)?
+            .into_iter()
+            .any(|r| r.name == name && r.in_etc && !r.locked);
+        Ok(active
+            .then(|| accounts.get(name).map(|a| a.uid))
+            .flatten())
+    }
+
     /// Check a password through PAM service `opencode`. Any failure is the same generic
     /// error, so callers cannot tell unknown users from wrong passwords.
     pub fn verify(&self, name: &str, password: &SecretString) -> Result<(), UsersError> {
