@@ -240,13 +240,34 @@ fn client_url(extra: &str, port: u16) -> (String, Vec<(String, String)>) {
     }
 }
 
+/// With a personal API token instead of the password (`opencode attach -u alice -p TOKEN`,
+/// here through OPENCODE_SERVER_PASSWORD), to her own opencode.
+#[test]
+fn opencodes_tui_attaches_with_a_token() {
+    tui_attach("instances = 'per-user'\n", true);
+}
+
 fn tui_first_contact(extra: &str) {
+    tui_attach(extra, false);
+}
+
+/// The TUI attaches as alice, with her password or (`token`) a token made for her.
+fn tui_attach(extra: &str, token: bool) {
     let Some(bin) = opencode_bin() else { return };
     let Some(()) = need(on_path("tmux") && on_path("timeout"), "tmux") else {
         return;
     };
-    let pw = "tui first contact 7";
-    let (sb, port, mut init) = boot_with(&bin, extra, &[("alice", pw)]);
+    let password = "tui first contact 7";
+    let (sb, port, mut init) = boot_with(&bin, extra, &[("alice", password)]);
+    let made;
+    let pw = if token {
+        let out = sb.exec(&init, &["token", "create", "alice", "--name", "tui"], None);
+        assert!(out.status.success(), "{}", text(&out));
+        made = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        made.as_str()
+    } else {
+        password
+    };
     let (url, client_env) = client_url(extra, port);
 
     // The TUI's own home, config, data and cache: a temp dir, never the real home.
@@ -407,7 +428,8 @@ fn the_sdk_works_with_its_users_own_opencode_on_first_contact() {
 }
 
 /// Over HTTPS (a test CA trusted through `NODE_EXTRA_CA_CERTS`), to the user's own
-/// opencode: the SDK's parallel first calls, a create and the event stream all succeed.
+/// opencode: the SDK's parallel first calls, a create and the event stream all succeed,
+/// with the password and with a personal API token as `Authorization: Bearer`.
 #[test]
 fn the_sdk_works_over_https() {
     let Some(bin) = opencode_bin() else { return };
@@ -428,6 +450,17 @@ fn the_sdk_works_over_https() {
     assert_eq!(seen["list"], serde_json::json!(vec![200; 10]), "{why}");
     assert_eq!(seen["create"], 200, "{why}");
     assert_eq!(seen["firstEvent"], "server.connected", "{why}");
+    // With a personal API token as Bearer instead of the password.
+    let out = sb.exec(&init, &["token", "create", "alice", "--name", "sdk"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut env: Vec<(&str, &str)> = vec![("OCC_BEARER", token.as_str())];
+    env.extend(client_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let (seen, out) = node(&dir, "sdk.mjs", &[&url], &env, Duration::from_secs(60));
+    let why = format!("{seen}\n{}\nlog:\n{}", text(&out), init.stderr_text());
+    assert!(out.status.success(), "bearer: {why}");
+    assert_eq!(seen["list"], serde_json::json!(vec![200; 10]), "bearer: {why}");
+    assert_eq!(seen["firstEvent"], "server.connected", "bearer: {why}");
     // Without the CA the same client refuses the certificate (the check is real).
     let (seen, out) = node(&dir, "sdk.mjs", &[&url], &[("OCC_USER", "alice"), ("OCC_PW", pw)], Duration::from_secs(60));
     assert!(!out.status.success() || seen["list"] != serde_json::json!(vec![200; 10]), "trusted without the CA: {seen}");

@@ -6,7 +6,10 @@
 import { createOpencodeClient } from '@opencode-ai/sdk/client';
 
 const [baseUrl] = process.argv.slice(2);
-const auth = 'Basic ' + Buffer.from(`${process.env.OCC_USER}:${process.env.OCC_PW}`).toString('base64');
+// OCC_BEARER: a personal API token sent as `Authorization: Bearer` instead of the password.
+const auth = process.env.OCC_BEARER
+  ? `Bearer ${process.env.OCC_BEARER}`
+  : 'Basic ' + Buffer.from(`${process.env.OCC_USER}:${process.env.OCC_PW}`).toString('base64');
 const result = {};
 // The whole script has a deadline of its own (the Rust test has another).
 const watchdog = setTimeout(() => {
