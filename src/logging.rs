@@ -14,6 +14,9 @@ pub fn init_named(program: &'static str) {
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_string());
     let _ = env_logger::Builder::new()
+        // rustls warns about what any client can send (a renegotiation attempt): the proxy
+        // answers it with an alert; it is no operator's concern.
+        .filter_module("rustls", log::LevelFilter::Error)
         .parse_filters(&filter)
         .target(env_logger::Target::Pipe(Box::new(Stderr)))
         .write_style(env_logger::WriteStyle::Never)

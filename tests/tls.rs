@@ -77,6 +77,14 @@ fn proxy_holds_no_key(sb: &Sandbox, init: &Init) {
         !fds.iter().any(|l| l.contains("memfd:")),
         "the proxy keeps the hand-over open: {fds:?}"
     );
+    // Not dumpable: its memory is closed even to other processes of its own uid (the
+    // kernel then gives its /proc files to root), and it makes no core dump.
+    use std::os::unix::fs::MetadataExt;
+    let mem = std::fs::metadata(format!("/proc/{pid}/mem")).unwrap();
+    assert_eq!(mem.uid(), 0, "the proxy is dumpable: /proc/{pid}/mem is its user's");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    assert!(core.split_whitespace().filter(|w| *w == "0").count() == 2, "{core}");
 }
 
 /// The proxy's own user cannot read `path` (run as that user inside the sandbox).
@@ -411,4 +419,45 @@ fn exposed_without_tls_is_a_warning_with_the_fix() {
     drop(init);
     sb.assert_host_untouched();
     sb2.assert_host_untouched();
+}
+
+/// A flood of silent connections from one address (the red team's: podman shows every
+/// client as one address) must not lock out a login from there: connections still waiting
+/// for their first byte or their handshake make room at once when asked, as after a login.
+#[test]
+fn silent_connections_in_the_handshake_make_room_for_a_login() {
+    let pw = "tls flood 5";
+    let (sb, port) = proxied(
+        &format!("['{}', 'fake-opencode', '--behavior', 'healthy']", support::CHILD),
+        "tls = 'self-signed'\nmax_connections_per_client = 8\n",
+    );
+    let mut init = boot_again(&sb);
+    add_user(&sb, &init, "alice", pw);
+    init.expect_log_within("opencode is ready", Duration::from_secs(30));
+    let alice = basic("alice", pw);
+    until_served(port, &Trust::Any, &alice);
+    // More silent connections than the per-address cap and the room kept for closing ones
+    // together (8 + 1024): half send nothing, half one byte of a TLS record.
+    let mut held = Vec::new();
+    for i in 0..1200 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            if i % 2 == 1 {
+                use std::io::Write;
+                let _ = s.write_all(&[0x16]);
+            }
+            held.push(s);
+        }
+    }
+    let mut ok = 0;
+    for _ in 0..5 {
+        if let Ok((r, _)) = client::https(port, &Trust::Any, "GET", "/x", &alice, "") {
+            if r.status == 200 {
+                ok += 1;
+            }
+        }
+    }
+    assert_eq!(ok, 5, "alice was locked out by silent connections; log:\n{}", init.stderr_text());
+    drop(held);
+    drop(init);
+    sb.assert_host_untouched();
 }

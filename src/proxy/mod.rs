@@ -122,6 +122,17 @@ pub fn main() -> i32 {
         return 1;
     }
     raise_nofile();
+    // It holds the TLS key in memory: no core dumps, and /proc/PID/mem and friends closed to
+    // other processes of its own uid.
+    crate::init::protect_memory();
+    // SAFETY: setrlimit on our own process with a valid struct.
+    unsafe {
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
+    }
     let mut trusted = Vec::new();
     for o in &args.trusted_origin {
         match origin::normalize(o) {

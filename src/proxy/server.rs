@@ -1482,17 +1482,32 @@ async fn serve_conn(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, slot
         return serve_http(proxy, io, peer, slot, evicted, fd).await;
     };
     // TLS: the first byte says whether a handshake begins; anything else is plain HTTP,
-    // which gets a redirect to https (never a hang, never a raw TLS alert).
+    // which gets a redirect to https (never a hang, never a raw TLS alert). Until a login
+    // is served, a newcomer that needs the place ends the wait at once (as in `serve_http`).
     let mut first = [0u8; 1];
-    let tls = match tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => first[0] == super::tls::HANDSHAKE,
-        _ => return,
+    let tls = tokio::select! {
+        r = tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut first)) => match r {
+            Ok(Ok(1)) => first[0] == super::tls::HANDSHAKE,
+            _ => return,
+        },
+        _ = evicted.notified() => return,
     };
     let guarded = Guarded::new(stream, conn::WRITE_STALL, conn::IDLE);
     if !tls {
-        return serve_plain_on_tls(guarded, certs.ready(), peer).await;
+        tokio::select! {
+            _ = serve_plain_on_tls(guarded, certs.ready(), peer) => {}
+            _ = evicted.notified() => {}
+        }
+        return;
     }
-    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(guarded)).await {
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(guarded)) => r,
+        _ = evicted.notified() => {
+            log::debug!("closing a TLS handshake from {peer} to make room");
+            return;
+        }
+    };
+    match accepted {
         Ok(Ok(s)) => serve_http(proxy, TokioIo::new(s), peer, slot, evicted, fd).await,
         Ok(Err(e)) => log::debug!("TLS handshake with {peer} failed: {e}"),
         Err(_) => log::debug!("TLS handshake with {peer} timed out"),
