@@ -250,7 +250,11 @@ pub fn token(cmd: crate::cli::TokenCommand) -> i32 {
             .map(|v| api_error(&v))
             .unwrap_or(body)
     };
-    let date = |t: Option<i64>| t.map_or("-".to_string(), |t| crate::tls::rfc3339(t)[..16].replace('T', " "));
+    let date = |t: Option<i64>| {
+        t.map_or("-".to_string(), |t| {
+            crate::tls::rfc3339(t)[..16].replace('T', " ")
+        })
+    };
     match cmd {
         TokenCommand::List { user, json } => {
             if let Some(u) = &user {
@@ -340,9 +344,15 @@ pub fn token(cmd: crate::cli::TokenCommand) -> i32 {
         }
         TokenCommand::Revoke { id } => {
             if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                return fail(format!("{id:?} is not a token id (see `occ-init token list`)"));
+                return fail(format!(
+                    "{id:?} is not a token id (see `occ-init token list`)"
+                ));
             }
-            match call("DELETE", &format!("/v1/tokens/{id}"), Duration::from_secs(5)) {
+            match call(
+                "DELETE",
+                &format!("/v1/tokens/{id}"),
+                Duration::from_secs(5),
+            ) {
                 Ok((200, _)) => {
                     println!("revoked token {id}");
                     0

@@ -558,10 +558,16 @@ impl Config {
         }
         match (self.tls, &self.tls_cert_file, &self.tls_key_file) {
             (TlsMode::Files, None, _) => {
-                return bad("tls_cert_file", "tls = files needs tls_cert_file and tls_key_file".into())
+                return bad(
+                    "tls_cert_file",
+                    "tls = files needs tls_cert_file and tls_key_file".into(),
+                )
             }
             (TlsMode::Files, _, None) => {
-                return bad("tls_key_file", "tls = files needs tls_cert_file and tls_key_file".into())
+                return bad(
+                    "tls_key_file",
+                    "tls = files needs tls_cert_file and tls_key_file".into(),
+                )
             }
             _ => {}
         }
@@ -572,7 +578,8 @@ impl Config {
                     || n.split('.').all(|l| {
                         !l.is_empty()
                             && l.len() <= 63
-                            && (l == "*" || l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+                            && (l == "*"
+                                || l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
                     }));
             if !ok {
                 return bad(
@@ -804,7 +811,10 @@ mod tests {
         assert!(c.tls_source(Some("h")).is_none());
         let c = Config::build(
             None,
-            &env(&[("OCC_TLS", "self-signed"), ("OCC_TLS_NAMES", "ide.example.com, 10.0.0.5")]),
+            &env(&[
+                ("OCC_TLS", "self-signed"),
+                ("OCC_TLS_NAMES", "ide.example.com, 10.0.0.5"),
+            ]),
             &Overrides::default(),
         )
         .unwrap();
@@ -824,7 +834,9 @@ mod tests {
         .unwrap();
         assert!(c.hsts);
         match c.tls_source(Some("box")) {
-            Some(crate::tls::Source::SelfSigned { names, explicit, .. }) => {
+            Some(crate::tls::Source::SelfSigned {
+                names, explicit, ..
+            }) => {
                 assert_eq!(names, ["box", "localhost", "127.0.0.1", "::1"]);
                 assert!(!explicit);
             }

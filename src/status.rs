@@ -357,9 +357,15 @@ pub fn render(s: &Status, color: bool) -> String {
     if sec.server_password {
         out.push_str("Server pw:   set (OPENCODE_SERVER_PASSWORD from file)\n");
     }
-    out.push_str(&format!("TLS:         {}\n", tls_line(&sec.tls, &red, &yellow)));
+    out.push_str(&format!(
+        "TLS:         {}\n",
+        tls_line(&sec.tls, &red, &yellow)
+    ));
     if let (true, Some(e)) = (sec.tls.serving, &sec.tls.error) {
-        out.push_str(&format!("TLS error:   {} (the certificate above stays)\n", red(e)));
+        out.push_str(&format!(
+            "TLS error:   {} (the certificate above stays)\n",
+            red(e)
+        ));
     }
     out.push_str(&format!(
         "Trust proxy: {}\n",
@@ -402,7 +408,11 @@ pub fn render(s: &Status, color: bool) -> String {
 }
 
 /// The `TLS:` line: mode, names, expiry and fingerprint, or why nothing is served.
-fn tls_line(t: &TlsStatus, red: &dyn Fn(&str) -> String, yellow: &dyn Fn(&str) -> String) -> String {
+fn tls_line(
+    t: &TlsStatus,
+    red: &dyn Fn(&str) -> String,
+    yellow: &dyn Fn(&str) -> String,
+) -> String {
     if t.mode == "off" {
         return "off (plain HTTP)".into();
     }
@@ -617,10 +627,18 @@ mod tests {
         assert!(!text.contains(CLEARTEXT_WARNING), "{text}");
         s.security.tls.error = Some("/c.pem: holds no certificate".into());
         let text = render(&s, false);
-        assert!(text.contains("TLS error:   /c.pem: holds no certificate (the certificate above stays)"), "{text}");
+        assert!(
+            text.contains(
+                "TLS error:   /c.pem: holds no certificate (the certificate above stays)"
+            ),
+            "{text}"
+        );
         s.security.tls.serving = false;
         let text = render(&s, false);
-        assert!(text.contains("TLS:         self-signed — NOT SERVING: /c.pem: holds no certificate"), "{text}");
+        assert!(
+            text.contains("TLS:         self-signed — NOT SERVING: /c.pem: holds no certificate"),
+            "{text}"
+        );
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["security"]["tls"]["mode"], "self-signed");
         assert_eq!(v["security"]["tls"]["fingerprint_sha256"], "AB:CD");
@@ -652,7 +670,9 @@ mod tests {
         s.security.auth_enforced_by = "proxy".into();
         let text = render(&s, false);
         assert!(
-            text.contains("Auth:        occ-init proxy: PAM passwords, personal API tokens (0); 1 user\n"),
+            text.contains(
+                "Auth:        occ-init proxy: PAM passwords, personal API tokens (0); 1 user\n"
+            ),
             "{text}"
         );
         assert!(!text.contains("without authentication"), "{text}");

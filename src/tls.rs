@@ -206,11 +206,13 @@ pub fn certified_key(
     chain: Vec<CertificateDer<'static>>,
     key: &PrivateKeyDer<'static>,
 ) -> Result<rustls::sign::CertifiedKey, String> {
-    let signing = rustls::crypto::ring::sign::any_supported_type(key)
-        .map_err(|e| format!("the key is not usable ({e}); use an ECDSA P-256/P-384, Ed25519 or RSA key"))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(key).map_err(|e| {
+        format!("the key is not usable ({e}); use an ECDSA P-256/P-384, Ed25519 or RSA key")
+    })?;
     let ck = rustls::sign::CertifiedKey::new(chain, signing);
-    ck.keys_match()
-        .map_err(|_| "the key does not belong to the certificate (their public keys differ)".to_string())?;
+    ck.keys_match().map_err(|_| {
+        "the key does not belong to the certificate (their public keys differ)".to_string()
+    })?;
     Ok(ck)
 }
 
@@ -353,7 +355,8 @@ pub fn self_signed(
     make_private_dir(dir).map_err(|e| gen_err(e.to_string()))?;
     let pair = generate(names, now).map_err(gen_err)?;
     let info = check(&pair, SELF_CERT, SELF_KEY)?;
-    write_private(&key_path, &pair.key).map_err(|e| gen_err(format!("{}: {e}", key_path.display())))?;
+    write_private(&key_path, &pair.key)
+        .map_err(|e| gen_err(format!("{}: {e}", key_path.display())))?;
     write_private(&cert_path, &pair.cert)
         .map_err(|e| gen_err(format!("{}: {e}", cert_path.display())))?;
     Ok((pair, info, true))
@@ -389,8 +392,15 @@ pub fn stamp(path: &Path) -> Option<(u64, u64, i64, i64, u64)> {
 /// Where the pair comes from, and the files to watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    Files { cert: PathBuf, key: PathBuf },
-    SelfSigned { dir: PathBuf, names: Vec<String>, explicit: bool },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    SelfSigned {
+        dir: PathBuf,
+        names: Vec<String>,
+        explicit: bool,
+    },
 }
 
 /// Load the pair `source` names (making a self-signed one when needed).
@@ -398,7 +408,11 @@ pub fn load(source: &Source, now: i64) -> Result<(Pair, CertInfo), TlsError> {
     match source {
         Source::Files { cert, key } => {
             let pair = read_pair(cert, key)?;
-            let info = check(&pair, &cert.display().to_string(), &key.display().to_string())?;
+            let info = check(
+                &pair,
+                &cert.display().to_string(),
+                &key.display().to_string(),
+            )?;
             Ok((pair, info))
         }
         Source::SelfSigned {
@@ -473,10 +487,21 @@ pub fn read_handed(fd: OwnedFd) -> std::io::Result<Pair> {
     file.seek(SeekFrom::Start(0))?;
     let mut all = Zeroizing::new(Vec::new());
     file.take(4 * MAX_FILE).read_to_end(&mut all)?;
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not a certificate hand-over");
-    let len: [u8; 8] = all.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a certificate hand-over",
+        )
+    };
+    let len: [u8; 8] = all
+        .get(..8)
+        .ok_or_else(bad)?
+        .try_into()
+        .map_err(|_| bad())?;
     let len = usize::try_from(u64::from_le_bytes(len)).map_err(|_| bad())?;
-    let cert = all.get(8..8usize.checked_add(len).ok_or_else(bad)?).ok_or_else(bad)?;
+    let cert = all
+        .get(8..8usize.checked_add(len).ok_or_else(bad)?)
+        .ok_or_else(bad)?;
     let key = all.get(8 + len..).ok_or_else(bad)?;
     Ok(Pair {
         cert: cert.to_vec(),
@@ -495,7 +520,10 @@ mod tests {
     #[test]
     fn default_names_lead_with_the_host_name() {
         assert_eq!(names(), ["box1", "localhost", "127.0.0.1", "::1"]);
-        assert_eq!(default_names(Some("localhost")), ["localhost", "127.0.0.1", "::1"]);
+        assert_eq!(
+            default_names(Some("localhost")),
+            ["localhost", "127.0.0.1", "::1"]
+        );
         assert_eq!(default_names(None).len(), 3);
     }
 
@@ -522,8 +550,13 @@ mod tests {
             cert: a.cert.clone(),
             key: b.key.clone(),
         };
-        let e = check(&mixed, "/x/tls.crt", "/x/tls.key").unwrap_err().to_string();
-        assert!(e.contains("/x/tls.crt and /x/tls.key") && e.contains("does not belong"), "{e}");
+        let e = check(&mixed, "/x/tls.crt", "/x/tls.key")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/x/tls.crt and /x/tls.key") && e.contains("does not belong"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -559,7 +592,9 @@ mod tests {
         std::fs::write(&big, vec![b'A'; (MAX_FILE + 1) as usize]).unwrap();
         let e = read_file(&big).unwrap_err().to_string();
         assert!(e.contains("at most"), "{e}");
-        let e = read_file(&d.path().join("missing")).unwrap_err().to_string();
+        let e = read_file(&d.path().join("missing"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing"), "{e}");
     }
 

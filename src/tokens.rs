@@ -97,7 +97,9 @@ pub fn parse_expiry(text: &str) -> Result<Option<u64>, TokenError> {
                     .and_then(|d| d.checked_mul(86_400))
             })
     }
-    .ok_or_else(|| TokenError::BadExpiry(format!("'{text}' is not a duration (90d, 12h) or never")))?;
+    .ok_or_else(|| {
+        TokenError::BadExpiry(format!("'{text}' is not a duration (90d, 12h) or never"))
+    })?;
     if secs == 0 || secs > MAX_DAYS * 86_400 {
         return Err(TokenError::BadExpiry(format!(
             "'{text}' must be above zero and at most {MAX_DAYS} days"
@@ -134,8 +136,7 @@ fn hash(token: &str) -> String {
 /// Compare two equal-length strings without stopping at the first difference.
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -170,8 +171,8 @@ impl Tokens {
         };
         let list = match std::fs::read(path) {
             Ok(bytes) => {
-                let f: FileFormat =
-                    serde_json::from_slice(&bytes).map_err(|e| err(format!("not a tokens file ({e})")))?;
+                let f: FileFormat = serde_json::from_slice(&bytes)
+                    .map_err(|e| err(format!("not a tokens file ({e})")))?;
                 f.tokens
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -275,7 +276,12 @@ impl Tokens {
     }
 
     /// Revoke token `id` (of `user` only, when given).
-    pub fn revoke(&mut self, id: &str, user: Option<&str>, now: i64) -> Result<TokenInfo, TokenError> {
+    pub fn revoke(
+        &mut self,
+        id: &str,
+        user: Option<&str>,
+        now: i64,
+    ) -> Result<TokenInfo, TokenError> {
         let pos = self
             .list
             .iter()
@@ -326,10 +332,7 @@ impl Tokens {
     pub fn check(&mut self, token: &str, now: i64) -> Option<(String, u32, String)> {
         let id = split(token)?;
         let h = hash(token);
-        let t = self
-            .list
-            .iter()
-            .find(|t| t.id == id && same(&t.hash, &h))?;
+        let t = self.list.iter().find(|t| t.id == id && same(&t.hash, &h))?;
         if t.expires.is_some_and(|e| now >= e) {
             return None;
         }
@@ -367,13 +370,7 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         // SAFETY: writes at most buf.len() - done bytes into our buffer.
-        let n = unsafe {
-            libc::getrandom(
-                buf[done..].as_mut_ptr().cast(),
-                buf.len() - done,
-                0,
-            )
-        };
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -410,14 +407,20 @@ mod tests {
         let (info, tok) = s.create("alice", 1002, "laptop", Some(3600), 100).unwrap();
         assert!(looks_like_token(tok.expose()), "{}", tok.expose());
         assert_eq!(info.user, "alice");
-        assert_eq!(s.check(tok.expose(), 200), Some(("alice".into(), 1002, info.id.clone())));
+        assert_eq!(
+            s.check(tok.expose(), 200),
+            Some(("alice".into(), 1002, info.id.clone()))
+        );
         // Kept only as a hash, root-only.
         let text = std::fs::read_to_string(d.path().join("tokens.json")).unwrap();
         assert!(!text.contains(tok.expose()));
         let secret = tok.expose().rsplit('_').next().unwrap();
         assert!(!text.contains(secret));
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(d.path().join("tokens.json")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.path().join("tokens.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         // Survives a reload.
         let mut again = Tokens::load(&d.path().join("tokens.json")).unwrap();
@@ -440,7 +443,10 @@ mod tests {
         assert_eq!(s.list(Some("alice"), 0).len(), 1);
         assert_eq!(s.list(None, 20).iter().filter(|i| i.expired).count(), 1);
         // bob cannot revoke alice's.
-        assert!(matches!(s.revoke(&a.id, Some("bob"), 0), Err(TokenError::NotFound(_))));
+        assert!(matches!(
+            s.revoke(&a.id, Some("bob"), 0),
+            Err(TokenError::NotFound(_))
+        ));
         s.revoke(&a.id, Some("alice"), 0).unwrap();
         assert_eq!(s.check(ta.expose(), 1), None);
         assert_eq!(s.remove_user("bob").unwrap(), 1);
@@ -451,8 +457,14 @@ mod tests {
     #[test]
     fn names_and_expiries_are_checked() {
         let (_d, mut s) = store();
-        assert_eq!(s.create("a", 1, "", None, 0).unwrap_err(), TokenError::BadName);
-        assert_eq!(s.create("a", 1, "x\ny", None, 0).unwrap_err(), TokenError::BadName);
+        assert_eq!(
+            s.create("a", 1, "", None, 0).unwrap_err(),
+            TokenError::BadName
+        );
+        assert_eq!(
+            s.create("a", 1, "x\ny", None, 0).unwrap_err(),
+            TokenError::BadName
+        );
         assert_eq!(
             s.create("a", 1, &"n".repeat(65), None, 0).unwrap_err(),
             TokenError::BadName
@@ -467,7 +479,10 @@ mod tests {
         for _ in 0..MAX_PER_USER {
             s.create("a", 1, "t", None, 0).unwrap();
         }
-        assert!(matches!(s.create("a", 1, "t", None, 0), Err(TokenError::TooMany(_))));
+        assert!(matches!(
+            s.create("a", 1, "t", None, 0),
+            Err(TokenError::TooMany(_))
+        ));
     }
 
     #[test]

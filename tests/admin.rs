@@ -292,12 +292,27 @@ fn every_route_matches_the_openapi_document() {
         201,
     );
     let id = made["id"].as_str().unwrap().to_string();
-    assert!(made["token"].as_str().unwrap().starts_with("occ_"), "{made}");
+    assert!(
+        made["token"].as_str().unwrap().starts_with("occ_"),
+        "{made}"
+    );
     let v = check("GET", "/v1/tokens?user=alice", "/v1/tokens", None, 200);
     assert_eq!(v["tokens"][0]["name"], "api test", "{v}");
     assert!(v["tokens"][0].get("token").is_none() && v["tokens"][0].get("hash").is_none());
-    check("DELETE", &format!("/v1/tokens/{id}"), "/v1/tokens/{id}", None, 200);
-    check("DELETE", &format!("/v1/tokens/{id}"), "/v1/tokens/{id}", None, 404);
+    check(
+        "DELETE",
+        &format!("/v1/tokens/{id}"),
+        "/v1/tokens/{id}",
+        None,
+        200,
+    );
+    check(
+        "DELETE",
+        &format!("/v1/tokens/{id}"),
+        "/v1/tokens/{id}",
+        None,
+        404,
+    );
     check(
         "DELETE",
         "/v1/users/alice?force=true",

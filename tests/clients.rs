@@ -437,7 +437,10 @@ fn the_sdk_works_over_https() {
     std::fs::copy(root().join("tests/clients/sdk.mjs"), dir.join("sdk.mjs")).unwrap();
     let certs = tempfile::tempdir().unwrap();
     support::tls::make_certs(certs.path(), &[("leaf", "ec", 30)]);
-    let extra = format!("{}instance_start_timeout = '60s'\n", tls_extra(certs.path()));
+    let extra = format!(
+        "{}instance_start_timeout = '60s'\n",
+        tls_extra(certs.path())
+    );
     let pw = "sdk over https 5";
     let (sb, port, mut init) = boot_with(&bin, &extra, &[("alice", pw)]);
     let (url, client_env) = client_url(&extra, port);
@@ -459,11 +462,24 @@ fn the_sdk_works_over_https() {
     let (seen, out) = node(&dir, "sdk.mjs", &[&url], &env, Duration::from_secs(60));
     let why = format!("{seen}\n{}\nlog:\n{}", text(&out), init.stderr_text());
     assert!(out.status.success(), "bearer: {why}");
-    assert_eq!(seen["list"], serde_json::json!(vec![200; 10]), "bearer: {why}");
+    assert_eq!(
+        seen["list"],
+        serde_json::json!(vec![200; 10]),
+        "bearer: {why}"
+    );
     assert_eq!(seen["firstEvent"], "server.connected", "bearer: {why}");
     // Without the CA the same client refuses the certificate (the check is real).
-    let (seen, out) = node(&dir, "sdk.mjs", &[&url], &[("OCC_USER", "alice"), ("OCC_PW", pw)], Duration::from_secs(60));
-    assert!(!out.status.success() || seen["list"] != serde_json::json!(vec![200; 10]), "trusted without the CA: {seen}");
+    let (seen, out) = node(
+        &dir,
+        "sdk.mjs",
+        &[&url],
+        &[("OCC_USER", "alice"), ("OCC_PW", pw)],
+        Duration::from_secs(60),
+    );
+    assert!(
+        !out.status.success() || seen["list"] != serde_json::json!(vec![200; 10]),
+        "trusted without the CA: {seen}"
+    );
     drop(init);
     sb.assert_host_untouched();
 }

@@ -403,7 +403,16 @@ fn tls_self_signed_in_the_image_survives_restarts_and_new_containers() {
     let args = ["-p", &publish, "-v", &mount, "-e", "OCC_TLS=self-signed"];
     let c = e.start(&name, &args);
     let out = e.run_in(
-        &["exec", "-i", &name, "occ-init", "user", "add", "alice", "--password-stdin"],
+        &[
+            "exec",
+            "-i",
+            &name,
+            "occ-init",
+            "user",
+            "add",
+            "alice",
+            "--password-stdin",
+        ],
         Some("alice tls pw"),
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -425,12 +434,33 @@ fn tls_self_signed_in_the_image_survives_restarts_and_new_containers() {
     let first = served(port);
     let status: serde_json::Value =
         serde_json::from_str(&e.ok(&["exec", &name, "occ-init", "status", "--json"])).unwrap();
-    assert_eq!(status["security"]["tls"]["fingerprint_sha256"], first.as_str());
+    assert_eq!(
+        status["security"]["tls"]["fingerprint_sha256"],
+        first.as_str()
+    );
     let r = http(port, "GET", "/session", &alice, "");
     assert_eq!(r.status, 308, "{r:?}");
-    let out = e.run(&["exec", "-u", "occ-proxy", &name, "cat", "/var/lib/occ/tls/key.pem"]);
-    assert!(!out.status.success(), "the proxy's user read the key: {}", text(&out));
-    let mode = e.ok(&["exec", &name, "stat", "-c", "%a %U", "/var/lib/occ/tls/key.pem"]);
+    let out = e.run(&[
+        "exec",
+        "-u",
+        "occ-proxy",
+        &name,
+        "cat",
+        "/var/lib/occ/tls/key.pem",
+    ]);
+    assert!(
+        !out.status.success(),
+        "the proxy's user read the key: {}",
+        text(&out)
+    );
+    let mode = e.ok(&[
+        "exec",
+        &name,
+        "stat",
+        "-c",
+        "%a %U",
+        "/var/lib/occ/tls/key.pem",
+    ]);
     assert_eq!(mode.trim(), "600 root");
 
     e.ok(&["stop", "-t", "30", &name]);

@@ -417,7 +417,10 @@ fn browser_login(extra: &str, https: bool) {
     if https {
         assert_eq!(seen["cookie"]["name"], "__Host-occ_session", "{seen}");
         assert_eq!(seen["cookie"]["secure"], true, "{seen}");
-        assert!(seen["appUrl"].as_str().unwrap().starts_with("https://"), "{seen}");
+        assert!(
+            seen["appUrl"].as_str().unwrap().starts_with("https://"),
+            "{seen}"
+        );
         assert!(shots.join("https-2-opencode.png").exists());
     } else {
         assert!(shots.join("2-opencode.png").exists());

@@ -65,7 +65,10 @@ fn proxy_holds_no_key(sb: &Sandbox, init: &Init) {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     for (what, bytes) in [("argv", &cmdline), ("environment", &environ)] {
         let t = String::from_utf8_lossy(bytes);
-        assert!(!t.contains("PRIVATE KEY") && !t.contains("BEGIN"), "{what}: {t}");
+        assert!(
+            !t.contains("PRIVATE KEY") && !t.contains("BEGIN"),
+            "{what}: {t}"
+        );
     }
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -81,20 +84,42 @@ fn proxy_holds_no_key(sb: &Sandbox, init: &Init) {
     // kernel then gives its /proc files to root), and it makes no core dump.
     use std::os::unix::fs::MetadataExt;
     let mem = std::fs::metadata(format!("/proc/{pid}/mem")).unwrap();
-    assert_eq!(mem.uid(), 0, "the proxy is dumpable: /proc/{pid}/mem is its user's");
+    assert_eq!(
+        mem.uid(),
+        0,
+        "the proxy is dumpable: /proc/{pid}/mem is its user's"
+    );
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
-    assert!(core.split_whitespace().filter(|w| *w == "0").count() == 2, "{core}");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(
+        core.split_whitespace().filter(|w| *w == "0").count() == 2,
+        "{core}"
+    );
 }
 
 /// The proxy's own user cannot read `path` (run as that user inside the sandbox).
 fn proxy_user_cannot_read(sb: &Sandbox, path: &std::path::Path) {
     let out = sb.run(
-        &["runuser", "-u", "occ-proxy", "--", "cat", &path.display().to_string()],
+        &[
+            "runuser",
+            "-u",
+            "occ-proxy",
+            "--",
+            "cat",
+            &path.display().to_string(),
+        ],
         None,
         &[],
     );
-    assert!(!out.status.success(), "occ-proxy read {}: {}", path.display(), text(&out));
+    assert!(
+        !out.status.success(),
+        "occ-proxy read {}: {}",
+        path.display(),
+        text(&out)
+    );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("PRIVATE"));
 }
 
@@ -119,7 +144,12 @@ fn self_signed_https_with_its_fingerprint_in_status_kept_across_restarts() {
     let tls = &st["security"]["tls"];
     assert_eq!(tls["mode"], "self-signed", "{st}");
     assert_eq!(tls["fingerprint_sha256"], seen.fingerprint.as_str(), "{st}");
-    let names: Vec<&str> = tls["names"].as_array().unwrap().iter().filter_map(|n| n.as_str()).collect();
+    let names: Vec<&str> = tls["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
     for n in ["localhost", "127.0.0.1", "::1"] {
         assert!(names.contains(&n), "{names:?}");
     }
@@ -131,12 +161,13 @@ fn self_signed_https_with_its_fingerprint_in_status_kept_across_restarts() {
     assert!(!shown.contains("unencrypted"), "{shown}");
 
     // Kept root-only in tls_dir (the sandbox default is /var/lib/occ/tls inside it).
-    let dir = std::path::PathBuf::from(
-        tls["source"].as_str().expect("the self-signed directory"),
-    );
+    let dir = std::path::PathBuf::from(tls["source"].as_str().expect("the self-signed directory"));
     let key = dir.join("key.pem");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert_eq!(
         client::fingerprint_of(&dir.join("cert.pem")),
         seen.fingerprint
@@ -155,12 +186,33 @@ fn self_signed_https_with_its_fingerprint_in_status_kept_across_restarts() {
     let r = client::request_on(&mut s12, port, "GET", "/session", &alice, "", true);
     assert_eq!(r.status, 200, "{r:?}");
     // HSTS over TLS.
-    assert!(r.head.to_ascii_lowercase().contains("strict-transport-security: max-age=31536000"), "{r:?}");
+    assert!(
+        r.head
+            .to_ascii_lowercase()
+            .contains("strict-transport-security: max-age=31536000"),
+        "{r:?}"
+    );
 
     // Nothing without the password, with a wrong one, or through the plain-HTTP cookie name.
-    let (r, _) = client::https(port, &Trust::Any, "GET", "/session", "Accept: application/json\r\n", "").unwrap();
+    let (r, _) = client::https(
+        port,
+        &Trust::Any,
+        "GET",
+        "/session",
+        "Accept: application/json\r\n",
+        "",
+    )
+    .unwrap();
     assert_eq!(r.status, 401, "{r:?}");
-    let (r, _) = client::https(port, &Trust::Any, "GET", "/session", &basic("alice", "wrong"), "").unwrap();
+    let (r, _) = client::https(
+        port,
+        &Trust::Any,
+        "GET",
+        "/session",
+        &basic("alice", "wrong"),
+        "",
+    )
+    .unwrap();
     assert_eq!(r.status, 401, "{r:?}");
 
     // The login form: a Secure, __Host- cookie that works over HTTPS.
@@ -184,7 +236,10 @@ fn self_signed_https_with_its_fingerprint_in_status_kept_across_restarts() {
         .unwrap_or_else(|| panic!("{r:?}"))
         .to_string();
     assert!(set.contains("__Host-occ_session="), "{set}");
-    assert!(set.contains("; Secure") && set.contains("HttpOnly") && set.contains("Path=/"), "{set}");
+    assert!(
+        set.contains("; Secure") && set.contains("HttpOnly") && set.contains("Path=/"),
+        "{set}"
+    );
     assert!(!set.to_ascii_lowercase().contains("domain="), "{set}");
     let token = set
         .split("__Host-occ_session=")
@@ -194,26 +249,57 @@ fn self_signed_https_with_its_fingerprint_in_status_kept_across_restarts() {
         .next()
         .unwrap()
         .to_string();
-    let (r, _) = client::https(port, &Trust::Any, "GET", "/session", &format!("Cookie: __Host-occ_session={token}\r\n"), "").unwrap();
+    let (r, _) = client::https(
+        port,
+        &Trust::Any,
+        "GET",
+        "/session",
+        &format!("Cookie: __Host-occ_session={token}\r\n"),
+        "",
+    )
+    .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     // The same token under the plain name (a cookie any plain-HTTP server of this host
     // could have set) is not a session here.
-    let (r, _) = client::https(port, &Trust::Any, "GET", "/session", &format!("Cookie: occ_session={token}\r\nAccept: application/json\r\n"), "").unwrap();
+    let (r, _) = client::https(
+        port,
+        &Trust::Any,
+        "GET",
+        "/session",
+        &format!("Cookie: occ_session={token}\r\nAccept: application/json\r\n"),
+        "",
+    )
+    .unwrap();
     assert_eq!(r.status, 401, "{r:?}");
 
     // Plain HTTP on the TLS port: a redirect, never opencode, with or without a login.
     let r = http(port, "GET", "/session?x=1", &alice, "");
     assert_eq!(r.status, 308, "{r:?}");
     assert!(
-        r.head.contains(&format!("location: https://127.0.0.1:{port}/session?x=1")),
+        r.head
+            .contains(&format!("location: https://127.0.0.1:{port}/session?x=1")),
         "{r:?}"
     );
     assert!(!r.body.contains('['), "{r:?}");
-    let r = http(port, "POST", "/pty", &format!("{alice}Content-Type: application/json\r\n"), "{}");
+    let r = http(
+        port,
+        "POST",
+        "/pty",
+        &format!("{alice}Content-Type: application/json\r\n"),
+        "{}",
+    );
     assert_eq!(r.status, 308, "{r:?}");
 
     // A terminal over wss://.
-    let (r, _) = client::https(port, &Trust::Any, "POST", "/pty", &format!("{alice}Content-Type: application/json\r\n"), "{}").unwrap();
+    let (r, _) = client::https(
+        port,
+        &Trust::Any,
+        "POST",
+        "/pty",
+        &format!("{alice}Content-Type: application/json\r\n"),
+        "{}",
+    )
+    .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     let pty: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     let id = pty["id"].as_str().unwrap();
@@ -233,7 +319,11 @@ fn self_signed_https_with_its_fingerprint_in_status_kept_across_restarts() {
     init.expect_log_within("opencode is ready", Duration::from_secs(120));
     let again = until_served(port, &Trust::Any, &alice);
     assert_eq!(again.fingerprint, seen.fingerprint);
-    assert!(init.count_log("made a self-signed certificate") == 0, "{}", init.stderr_text());
+    assert!(
+        init.count_log("made a self-signed certificate") == 0,
+        "{}",
+        init.stderr_text()
+    );
     drop(init);
     sb.assert_host_untouched();
 }
@@ -250,7 +340,10 @@ fn files_verify_against_the_ca_rotate_and_refuse_broken_pairs() {
     let pw = "tls files 2";
     let certs = tempfile::tempdir().unwrap();
     let d = certs.path();
-    make_certs(d, &[("one", "ec", 30), ("two", "rsa", 30), ("three", "sec1", 30)]);
+    make_certs(
+        d,
+        &[("one", "ec", 30), ("two", "rsa", 30), ("three", "sec1", 30)],
+    );
     let (crt, key) = (d.join("tls.crt"), d.join("tls.key"));
     std::fs::copy(d.join("one.crt"), &crt).unwrap();
     std::fs::copy(d.join("one.key"), &key).unwrap();
@@ -291,35 +384,70 @@ fn files_verify_against_the_ca_rotate_and_refuse_broken_pairs() {
     );
     let r = client::request_on(&mut kept, port, "GET", "/session", &alice, "", false);
     assert_eq!(r.status, 200, "the open connection was dropped: {r:?}");
-    assert_eq!(status_json(&sb, &init)["security"]["tls"]["fingerprint_sha256"], two.as_str());
+    assert_eq!(
+        status_json(&sb, &init)["security"]["tls"]["fingerprint_sha256"],
+        two.as_str()
+    );
 
     // Broken inputs, each with SIGHUP: refused by name, and "two" stays.
     let mismatched = std::fs::read(d.join("one.key")).unwrap();
     let big = vec![b'A'; 10 * 1024 * 1024];
-    let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
-        ("garbage key", Box::new(|| std::fs::write(&key, "not a key at all\n").unwrap()), "holds no private key"),
-        ("mismatched key", Box::new(|| std::fs::write(&key, &mismatched).unwrap()), "does not belong to the certificate"),
-        ("10 MB key", Box::new(|| std::fs::write(&key, &big).unwrap()), "at most"),
-        ("directory", Box::new(|| {
-            std::fs::remove_file(&key).unwrap();
-            std::fs::create_dir(&key).unwrap();
-        }), "is a directory"),
+    type Breaks<'a> = Vec<(&'a str, Box<dyn Fn() + 'a>, &'a str)>;
+    let cases: Breaks = vec![
+        (
+            "garbage key",
+            Box::new(|| std::fs::write(&key, "not a key at all\n").unwrap()),
+            "holds no private key",
+        ),
+        (
+            "mismatched key",
+            Box::new(|| std::fs::write(&key, &mismatched).unwrap()),
+            "does not belong to the certificate",
+        ),
+        (
+            "10 MB key",
+            Box::new(|| std::fs::write(&key, &big).unwrap()),
+            "at most",
+        ),
+        (
+            "directory",
+            Box::new(|| {
+                std::fs::remove_file(&key).unwrap();
+                std::fs::create_dir(&key).unwrap();
+            }),
+            "is a directory",
+        ),
     ];
     for (what, break_it, why) in cases {
         break_it();
         let before = init.count_log("refused the new TLS certificate");
         init.signal(Signal::SIGHUP);
         assert!(
-            eventually(Duration::from_secs(10), || init.count_log("refused the new TLS certificate") > before),
+            eventually(Duration::from_secs(10), || init
+                .count_log("refused the new TLS certificate")
+                > before),
             "{what}: not refused: {}",
             init.stderr_text()
         );
         let line = init.expect_log(why);
-        assert!(line.contains(&key.display().to_string()), "{what}: the file is not named: {line}");
+        assert!(
+            line.contains(&key.display().to_string()),
+            "{what}: the file is not named: {line}"
+        );
         let (r, s) = client::https(port, &ca, "GET", "/session", &alice, "").unwrap();
-        assert_eq!((r.status, s.fingerprint.as_str()), (200, two.as_str()), "{what}");
+        assert_eq!(
+            (r.status, s.fingerprint.as_str()),
+            (200, two.as_str()),
+            "{what}"
+        );
         let st = status_json(&sb, &init);
-        assert!(st["security"]["tls"]["error"].as_str().unwrap_or("").contains(why), "{what}: {st}");
+        assert!(
+            st["security"]["tls"]["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains(why),
+            "{what}: {st}"
+        );
         assert_eq!(st["security"]["tls"]["serving"], true);
         if key.is_dir() {
             std::fs::remove_dir(&key).unwrap();
@@ -331,20 +459,33 @@ fn files_verify_against_the_ca_rotate_and_refuse_broken_pairs() {
     std::fs::write(&crt, std::fs::read(d.join("three.crt")).unwrap()).unwrap();
     init.signal(Signal::SIGHUP);
     let three = client::fingerprint_of(&d.join("three.crt"));
-    assert!(eventually(Duration::from_secs(5), || client::connect(port, &ca)
-        .map(|(_, s)| s.fingerprint == three)
-        .unwrap_or(false)));
+    assert!(eventually(Duration::from_secs(5), || client::connect(
+        port, &ca
+    )
+    .map(|(_, s)| s.fingerprint == three)
+    .unwrap_or(false)));
     assert!(status_json(&sb, &init)["security"]["tls"]["error"].is_null());
 
     // Expired: served with a warning (it is the admin's certificate), status says so.
-    let old = occ_init::tls::generate(&["localhost".into()], occ_init::tls::now_unix() - 400 * 24 * 3600).unwrap();
+    let old = occ_init::tls::generate(
+        &["localhost".into()],
+        occ_init::tls::now_unix() - 400 * 24 * 3600,
+    )
+    .unwrap();
     std::fs::write(&key, &*old.key).unwrap();
     std::fs::write(&crt, &old.cert).unwrap();
     init.signal(Signal::SIGHUP);
     init.expect_log("expired on");
-    assert!(eventually(Duration::from_secs(5), || status_json(&sb, &init)["security"]["tls"]["expired"] == true));
+    assert!(eventually(Duration::from_secs(5), || status_json(
+        &sb, &init
+    )["security"]["tls"]["expired"]
+        == true));
     let out = sb.exec(&init, &["status"], None);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("EXPIRED"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("EXPIRED"),
+        "{}",
+        text(&out)
+    );
     drop(kept);
     drop(init);
     sb.assert_host_untouched();
@@ -361,7 +502,11 @@ fn a_broken_pair_at_boot_serves_no_plain_http() {
     let d = certs.path();
     make_certs(d, &[("good", "ec", 30)]);
     let (crt, key) = (d.join("tls.crt"), d.join("tls.key"));
-    std::fs::write(&crt, "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        &crt,
+        "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     std::fs::write(&key, std::fs::read(d.join("good.key")).unwrap()).unwrap();
     let extra = format!(
         "tls = 'files'\ntls_cert_file = '{}'\ntls_key_file = '{}'\n",
@@ -377,20 +522,40 @@ fn a_broken_pair_at_boot_serves_no_plain_http() {
         assert_eq!(r.status, 503, "{path}: {r:?}");
         assert!(r.body.contains("HTTPS only"), "{path}: {r:?}");
     }
-    assert!(client::connect(port, &Trust::Any).is_err(), "a TLS handshake succeeded without a certificate");
+    assert!(
+        client::connect(port, &Trust::Any).is_err(),
+        "a TLS handshake succeeded without a certificate"
+    );
     let st = status_json(&sb, &init);
     assert_eq!(st["security"]["tls"]["serving"], false, "{st}");
-    assert!(st["security"]["tls"]["error"].as_str().unwrap().contains(&crt.display().to_string()), "{st}");
+    assert!(
+        st["security"]["tls"]["error"]
+            .as_str()
+            .unwrap()
+            .contains(&crt.display().to_string()),
+        "{st}"
+    );
     let out = sb.exec(&init, &["status"], None);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("NOT SERVING"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("NOT SERVING"),
+        "{}",
+        text(&out)
+    );
     let out = sb.exec(&init, &["health"], None);
-    assert!(!out.status.success(), "healthy without a certificate: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "healthy without a certificate: {}",
+        text(&out)
+    );
 
     // Fixed in place: served without a restart.
     std::fs::write(&crt, std::fs::read(d.join("good.crt")).unwrap()).unwrap();
     let ca = Trust::Ca(std::fs::read(d.join("ca.pem")).unwrap());
     let seen = until_served(port, &ca, &alice);
-    assert_eq!(seen.fingerprint, client::fingerprint_of(&d.join("good.crt")));
+    assert_eq!(
+        seen.fingerprint,
+        client::fingerprint_of(&d.join("good.crt"))
+    );
     let out = sb.exec(&init, &["health"], None);
     assert!(out.status.success(), "{}", text(&out));
     drop(init);
@@ -408,7 +573,10 @@ fn exposed_without_tls_is_a_warning_with_the_fix() {
     assert!(line.contains("OCC_TLS=self-signed"), "{line}");
     let out = sb.exec(&init, &["status"], None);
     let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(shown.contains("Warning: logins travel unencrypted"), "{shown}");
+    assert!(
+        shown.contains("Warning: logins travel unencrypted"),
+        "{shown}"
+    );
     assert!(shown.contains("TLS:         off"), "{shown}");
     drop(init);
     let (sb2, _port, mut init) = boot_tls(&bin, "tls = 'self-signed'\n", pw);
@@ -428,7 +596,10 @@ fn exposed_without_tls_is_a_warning_with_the_fix() {
 fn silent_connections_in_the_handshake_make_room_for_a_login() {
     let pw = "tls flood 5";
     let (sb, port) = proxied(
-        &format!("['{}', 'fake-opencode', '--behavior', 'healthy']", support::CHILD),
+        &format!(
+            "['{}', 'fake-opencode', '--behavior', 'healthy']",
+            support::CHILD
+        ),
         "tls = 'self-signed'\nmax_connections_per_client = 8\n",
     );
     let mut init = boot_again(&sb);
@@ -456,7 +627,12 @@ fn silent_connections_in_the_handshake_make_room_for_a_login() {
             }
         }
     }
-    assert_eq!(ok, 5, "alice was locked out by silent connections; log:\n{}", init.stderr_text());
+    assert_eq!(
+        ok,
+        5,
+        "alice was locked out by silent connections; log:\n{}",
+        init.stderr_text()
+    );
     drop(held);
     drop(init);
     sb.assert_host_untouched();

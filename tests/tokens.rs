@@ -56,20 +56,32 @@ fn a_token_is_its_users_second_credential_and_ends_with_her_account() {
     );
     let token = create(&sb, &init, "alice", "ci job", &[]);
     assert_eq!(http(port, "GET", "/x", &bearer(&token), "").status, 200);
-    assert_eq!(http(port, "GET", "/x", &basic("alice", &token), "").status, 200);
+    assert_eq!(
+        http(port, "GET", "/x", &basic("alice", &token), "").status,
+        200
+    );
     // Not bob's password, not anyone's without the user it belongs to.
-    assert_eq!(http(port, "GET", "/x", &basic("bob", &token), "").status, 401);
+    assert_eq!(
+        http(port, "GET", "/x", &basic("bob", &token), "").status,
+        401
+    );
     // Nor a token one character off, nor the token without its prefix.
     let mut off = token.clone();
     let last = off.pop().unwrap();
     off.push(if last == 'x' { 'y' } else { 'x' });
     assert_eq!(http(port, "GET", "/x", &bearer(&off), "").status, 401);
-    assert_eq!(http(port, "GET", "/x", &bearer(&token[4..]), "").status, 401);
+    assert_eq!(
+        http(port, "GET", "/x", &bearer(&token[4..]), "").status,
+        401
+    );
 
     // Listed without the secret; stored only as a hash, root-only.
     let out = sb.exec(&init, &["token", "list", "alice"], None);
     let listed = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(listed.contains("ci job") && !listed.contains(&token), "{listed}");
+    assert!(
+        listed.contains("ci job") && !listed.contains(&token),
+        "{listed}"
+    );
     let out = sb.exec(&init, &["token", "list", "--json"], None);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = v["tokens"][0]["id"].as_str().unwrap().to_string();
@@ -78,15 +90,30 @@ fn a_token_is_its_users_second_credential_and_ends_with_her_account() {
     let stored = std::fs::read_to_string(&file).unwrap();
     assert!(!stored.contains(&token) && !stored.contains(&token[token.len() - 20..]));
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let st = support::front::status_json(&sb, &init);
     assert_eq!(st["security"]["tokens"], 1, "{st}");
 
     // A lock suspends it; an unlock brings it back.
-    assert!(sb.exec(&init, &["user", "lock", "alice"], None).status.success());
-    assert!(becomes(port, &bearer(&token), 401), "a locked user's token works");
-    assert_eq!(http(port, "GET", "/x", &basic("alice", &token), "").status, 401);
-    assert!(sb.exec(&init, &["user", "unlock", "alice"], None).status.success());
+    assert!(sb
+        .exec(&init, &["user", "lock", "alice"], None)
+        .status
+        .success());
+    assert!(
+        becomes(port, &bearer(&token), 401),
+        "a locked user's token works"
+    );
+    assert_eq!(
+        http(port, "GET", "/x", &basic("alice", &token), "").status,
+        401
+    );
+    assert!(sb
+        .exec(&init, &["user", "unlock", "alice"], None)
+        .status
+        .success());
     assert!(becomes(port, &bearer(&token), 200));
 
     // Revoked: gone within seconds, for both ways of presenting it.
@@ -98,25 +125,44 @@ fn a_token_is_its_users_second_credential_and_ends_with_her_account() {
     // Expired.
     let short = create(&sb, &init, "alice", "short", &["--expires", "2s"]);
     assert_eq!(http(port, "GET", "/x", &bearer(&short), "").status, 200);
-    assert!(becomes(port, &bearer(&short), 401), "an expired token works");
+    assert!(
+        becomes(port, &bearer(&short), 401),
+        "an expired token works"
+    );
 
     // Removed with the account; the same name added again does not get it back.
     let kept = create(&sb, &init, "alice", "laptop", &["--expires", "never"]);
     assert_eq!(http(port, "GET", "/x", &bearer(&kept), "").status, 200);
-    assert!(sb.exec(&init, &["user", "remove", "alice"], None).status.success());
+    assert!(sb
+        .exec(&init, &["user", "remove", "alice"], None)
+        .status
+        .success());
     assert!(becomes(port, &bearer(&kept), 401));
     support::front::add_user(&sb, &init, "alice", "alice token pw 3");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(http(port, "GET", "/x", &bearer(&kept), "").status, 401);
-    assert_eq!(http(port, "GET", "/x", &basic("alice", &kept), "").status, 401);
+    assert_eq!(
+        http(port, "GET", "/x", &basic("alice", &kept), "").status,
+        401
+    );
     let out = sb.exec(&init, &["token", "list", "alice"], None);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("no tokens"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no tokens"),
+        "{}",
+        text(&out)
+    );
 
     // Bad input changes nothing and says why.
     for (args, why) in [
-        (vec!["token", "create", "nobody", "--name", "x"], "not a user who can log in"),
+        (
+            vec!["token", "create", "nobody", "--name", "x"],
+            "not a user who can log in",
+        ),
         (vec!["token", "create", "bob", "--name", ""], "printable"),
-        (vec!["token", "create", "bob", "--name", "x", "--expires", "soon"], "not a duration"),
+        (
+            vec!["token", "create", "bob", "--name", "x", "--expires", "soon"],
+            "not a duration",
+        ),
         (vec!["token", "revoke", "0123456789ab"], "no token"),
         (vec!["token", "revoke", "../x"], "not a token id"),
     ] {
@@ -131,7 +177,10 @@ fn a_token_is_its_users_second_credential_and_ends_with_her_account() {
         let guess = format!("occ_{:012x}_{}", i, "A".repeat(43));
         statuses.push(http(port, "GET", "/x", &bearer(&guess), "").status);
     }
-    assert!(statuses.contains(&429), "no rate limit on guessed tokens: {statuses:?}");
+    assert!(
+        statuses.contains(&429),
+        "no rate limit on guessed tokens: {statuses:?}"
+    );
 
     // Never in the clear in the log or any process's argv.
     let log = init.stderr_text();
@@ -141,7 +190,10 @@ fn a_token_is_its_users_second_credential_and_ends_with_her_account() {
         assert!(!log.contains(secret));
         for (p, _) in occ_init::init::procs::process_table() {
             let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            assert!(!String::from_utf8_lossy(&cmd).contains(secret), "a token in argv of {p}");
+            assert!(
+                !String::from_utf8_lossy(&cmd).contains(secret),
+                "a token in argv of {p}"
+            );
         }
     }
     drop(init);
@@ -192,7 +244,13 @@ fn the_tokens_page_belongs_to_the_signed_in_user() {
     // Not signed in: sent to the login page.
     let r = http(port, "GET", "/_occ/tokens", "Accept: text/html\r\n", "");
     assert_eq!(r.status, 303, "{r:?}");
-    let r = http(port, "GET", "/_occ/tokens", &format!("Cookie: occ_session={alice}\r\n"), "");
+    let r = http(
+        port,
+        "GET",
+        "/_occ/tokens",
+        &format!("Cookie: occ_session={alice}\r\n"),
+        "",
+    );
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("No tokens yet"), "{}", r.body);
 
@@ -208,8 +266,18 @@ fn the_tokens_page_belongs_to_the_signed_in_user() {
     assert!(token.starts_with("occ_"));
     assert_eq!(http(port, "GET", "/x", &bearer(&token), "").status, 200);
     // Shown once: the next visit lists it without the secret.
-    let r = http(port, "GET", "/_occ/tokens", &format!("Cookie: occ_session={alice}\r\n"), "");
-    assert!(r.body.contains("my laptop") && !r.body.contains(&token), "{}", r.body);
+    let r = http(
+        port,
+        "GET",
+        "/_occ/tokens",
+        &format!("Cookie: occ_session={alice}\r\n"),
+        "",
+    );
+    assert!(
+        r.body.contains("my laptop") && !r.body.contains(&token),
+        "{}",
+        r.body
+    );
     let id = token[4..16].to_string();
 
     // A token cannot manage tokens.
@@ -218,10 +286,20 @@ fn the_tokens_page_belongs_to_the_signed_in_user() {
     let r = http(port, "GET", "/_occ/tokens", &basic("alice", &token), "");
     assert_eq!(r.status, 403, "{r:?}");
     // Another origin's page cannot make one with alice's cookie.
-    let r = form("action=create&name=evil", &alice, "Origin: http://localhost:1\r\n");
+    let r = form(
+        "action=create&name=evil",
+        &alice,
+        "Origin: http://localhost:1\r\n",
+    );
     assert_eq!(r.status, 403, "{r:?}");
     // bob sees none of alice's and cannot revoke hers.
-    let r = http(port, "GET", "/_occ/tokens", &format!("Cookie: occ_session={bob}\r\n"), "");
+    let r = http(
+        port,
+        "GET",
+        "/_occ/tokens",
+        &format!("Cookie: occ_session={bob}\r\n"),
+        "",
+    );
     assert!(!r.body.contains("my laptop"), "{}", r.body);
     let r = form(&format!("action=revoke&id={id}"), &bob, &own);
     assert_eq!(r.status, 400, "{r:?}");

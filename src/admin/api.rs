@@ -157,7 +157,9 @@ pub enum AuthRoute {
     /// Is opencode gated (and why), is it ready?
     State,
     /// Can `name` log in now, and with which login fingerprint?
-    User { name: String },
+    User {
+        name: String,
+    },
     /// Everyone who can log in now, with their fingerprints.
     Users,
     /// Check a password (rate-limited per user and per client address).
@@ -179,9 +181,14 @@ pub enum AuthRoute {
         client: String,
     },
     /// The signed-in user's own tokens: list, create, revoke (the tokens page).
-    UserTokens { user: String },
+    UserTokens {
+        user: String,
+    },
     CreateToken(NewToken),
-    RevokeToken { user: String, id: String },
+    RevokeToken {
+        user: String,
+        id: String,
+    },
 }
 
 #[derive(Deserialize)]

@@ -731,7 +731,10 @@ fn verify_bearer(
     match found {
         Some((user, fp)) => {
             rl.succeeded(&keys);
-            Ok(ok(200, json!({"ok": true, "user": user, "fingerprint": fp.to_string()})))
+            Ok(ok(
+                200,
+                json!({"ok": true, "user": user, "fingerprint": fp.to_string()}),
+            ))
         }
         None => {
             rl.failed(&keys, Instant::now());
@@ -776,7 +779,12 @@ fn create_token(shared: &Shared, t: api::NewToken) -> Result<Response, ApiError>
         .map_err(|_| ApiError::new(500, "internal", "tokens unavailable"))?
         .create(&t.user, uid, &t.name, lifetime, crate::tls::now_unix())
         .map_err(|e| token_error(&e))?;
-    log::info!("token {} ({:?}) made for {:?}", info.id, info.name, info.user);
+    log::info!(
+        "token {} ({:?}) made for {:?}",
+        info.id,
+        info.name,
+        info.user
+    );
     let mut body = serde_json::to_value(&info).unwrap_or_default();
     body["token"] = json!(token.expose());
     Ok(ok(201, body))
@@ -789,7 +797,12 @@ fn revoke_token(shared: &Shared, id: &str, user: Option<&str>) -> Result<Respons
         .map_err(|_| ApiError::new(500, "internal", "tokens unavailable"))?
         .revoke(id, user, crate::tls::now_unix())
         .map_err(|e| token_error(&e))?;
-    log::info!("token {} ({:?}) of {:?} revoked", info.id, info.name, info.user);
+    log::info!(
+        "token {} ({:?}) of {:?} revoked",
+        info.id,
+        info.name,
+        info.user
+    );
     Ok(ok(200, json!({"revoked": info})))
 }
 
@@ -927,7 +940,14 @@ fn handle(route: Route, uid: u32, shared: &Shared) -> Response {
             201,
         ),
         Route::RemoveUser { name, force } => {
-            let r = mutate(shared, UserOp::Remove { name: name.clone(), force }, 200)?;
+            let r = mutate(
+                shared,
+                UserOp::Remove {
+                    name: name.clone(),
+                    force,
+                },
+                200,
+            )?;
             // Her tokens go with the account (a later user of the name gets none of them).
             if let Ok(mut t) = shared.tokens.lock() {
                 if let Err(e) = t.remove_user(&name) {

@@ -256,7 +256,10 @@ impl AuthClient {
         let mut v: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
         match (a.status, v["token"].take()) {
             (201, serde_json::Value::String(t)) => Ok(crate::secret::SecretString::new(t)),
-            _ => Err(v["error"].as_str().unwrap_or("the token was not made").to_string()),
+            _ => Err(v["error"]
+                .as_str()
+                .unwrap_or("the token was not made")
+                .to_string()),
         }
     }
 

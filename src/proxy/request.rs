@@ -371,7 +371,10 @@ mod tests {
         assert_eq!(session_cookie(["occ_session="].iter().copied()), None);
         assert_eq!(strip_session_cookie(h[0]).as_deref(), Some("a=1; b=2"));
         assert_eq!(strip_session_cookie("occ_session=t"), None);
-        assert_eq!(strip_session_cookie("__Host-occ_session=t; a=1").as_deref(), Some("a=1"));
+        assert_eq!(
+            strip_session_cookie("__Host-occ_session=t; a=1").as_deref(),
+            Some("a=1")
+        );
         let both = ["occ_session=plain; __Host-occ_session=secure"];
         assert_eq!(
             session_cookie_named(both.iter().copied(), cookie_name(true)).as_deref(),

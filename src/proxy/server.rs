@@ -302,8 +302,7 @@ fn by_token(h: &HeaderMap) -> bool {
         return false;
     };
     request::bearer_token(a).is_some()
-        || request::basic_credentials(a)
-            .is_some_and(|(_, p)| crate::tokens::looks_like_token(&p))
+        || request::basic_credentials(a).is_some_and(|(_, p)| crate::tokens::looks_like_token(&p))
 }
 
 /// Who is asking, once authenticated.
@@ -520,7 +519,11 @@ impl Proxy {
     /// The gate state once the shared opencode is ready: while it starts or restarts, a
     /// logged-in request waits up to `wait` (re-read every [`instances::POLL`], one read for
     /// all who wait), as it would for a user's own instance. `None` past `wait`.
-    async fn shared_ready(self: &Arc<Self>, mut gate: GateState, wait: Duration) -> Option<GateState> {
+    async fn shared_ready(
+        self: &Arc<Self>,
+        mut gate: GateState,
+        wait: Duration,
+    ) -> Option<GateState> {
         let deadline = Instant::now() + wait;
         while !gate.ready || gate.reason.is_some() {
             if gate.reason.is_some() || Instant::now() + instances::POLL > deadline {
@@ -820,7 +823,10 @@ impl Proxy {
         let (t, c) = (token.to_string(), client.to_string());
         let (verdict, user) = self
             .bearers
-            .run(key, move || async move { me.auth.verify_token(&t, &c).await })
+            .run(
+                key,
+                move || async move { me.auth.verify_token(&t, &c).await },
+            )
             .await
             .unwrap_or((Verdict::Unavailable, None));
         match (verdict, user) {

@@ -92,7 +92,11 @@ pub fn receive(channel: OwnedFd, certs: Arc<Certs>) -> std::io::Result<()> {
                         certs.set(ck);
                         log::info!(
                             "{} certificate for {what}",
-                            if first { "serving HTTPS with the" } else { "now serving the new" }
+                            if first {
+                                "serving HTTPS with the"
+                            } else {
+                                "now serving the new"
+                            }
                         );
                     }
                     Err(e) => log::error!("refused the certificate occ-init sent: {e}"),
@@ -129,7 +133,10 @@ fn next_handover(channel: &OwnedFd) -> Option<OwnedFd> {
             for c in cmsgs {
                 if let ControlMessageOwned::ScmRights(fds) = c {
                     // SAFETY: the kernel just installed these descriptors for us.
-                    got.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    got.extend(
+                        fds.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
                 }
             }
         }

@@ -789,9 +789,7 @@ impl Users {
             .list_with(&accounts)?
             .into_iter()
             .any(|r| r.name == name && r.in_etc && !r.locked);
-        Ok(active
-            .then(|| accounts.get(name).map(|a| a.uid))
-            .flatten())
+        Ok(active.then(|| accounts.get(name).map(|a| a.uid)).flatten())
     }
 
     /// Check a password through PAM service `opencode`. Any failure is the same generic

@@ -88,7 +88,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// A client config: `trust`, TLS 1.3 and 1.2 (or only `version`), ALPN http/1.1.
-pub fn client_config(trust: &Trust, only: Option<&'static rustls::SupportedProtocolVersion>) -> Arc<ClientConfig> {
+pub fn client_config(
+    trust: &Trust,
+    only: Option<&'static rustls::SupportedProtocolVersion>,
+) -> Arc<ClientConfig> {
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = match only {
         Some(v) => vec![v],
         None => vec![&rustls::version::TLS13, &rustls::version::TLS12],
@@ -114,7 +117,11 @@ pub fn client_config(trust: &Trust, only: Option<&'static rustls::SupportedProto
 }
 
 /// Connect and finish the handshake with `name` as the server name.
-pub fn connect_with(port: u16, name: &str, config: Arc<ClientConfig>) -> Result<(Tls, Seen), String> {
+pub fn connect_with(
+    port: u16,
+    name: &str,
+    config: Arc<ClientConfig>,
+) -> Result<(Tls, Seen), String> {
     let sock = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(IO)).unwrap();
     sock.set_write_timeout(Some(IO)).unwrap();
@@ -170,13 +177,11 @@ pub fn request_on<S: Read + Write>(
     loop {
         let text = String::from_utf8_lossy(&raw).into_owned();
         if let Some((head, rest)) = text.split_once("\r\n\r\n") {
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                });
+            let len = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            });
             if let Some(n) = len {
                 if rest.len() >= n {
                     break;
@@ -211,7 +216,10 @@ pub fn https(
     body: &str,
 ) -> Result<(Resp, Seen), String> {
     let (mut s, seen) = connect(port, trust)?;
-    Ok((request_on(&mut s, port, method, path, headers, body, true), seen))
+    Ok((
+        request_on(&mut s, port, method, path, headers, body, true),
+        seen,
+    ))
 }
 
 /// Make files with the openssl command line in `dir`: a CA (`ca.pem`), and for each
@@ -233,10 +241,28 @@ pub fn make_certs(dir: &Path, leaves: &[(&str, &str, u32)]) {
         );
     };
     if !dir.join("ca.pem").exists() {
-        run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"]);
         run(&[
-            "req", "-x509", "-new", "-key", "ca.key", "-sha256", "-days", "30", "-subj",
-            "/CN=occ-init test CA", "-out", "ca.pem",
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ca.key",
+        ]);
+        run(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-sha256",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=occ-init test CA",
+            "-out",
+            "ca.pem",
         ]);
     }
     std::fs::write(
@@ -248,16 +274,54 @@ pub fn make_certs(dir: &Path, leaves: &[(&str, &str, u32)]) {
         let key = format!("{name}.key");
         match *kind {
             "rsa" => run(&["genrsa", "-traditional", "-out", &key, "2048"]),
-            "sec1" => run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &key]),
-            _ => run(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &key]),
+            "sec1" => run(&[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                &key,
+            ]),
+            _ => run(&[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                &key,
+            ]),
         }
         let csr = format!("{name}.csr");
-        run(&["req", "-new", "-key", &key, "-subj", "/CN=localhost", "-out", &csr]);
+        run(&[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            "/CN=localhost",
+            "-out",
+            &csr,
+        ]);
         let crt = format!("{name}.crt");
         run(&[
-            "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", &days.to_string(), "-sha256", "-extfile", "ext.cnf",
-            "-out", &crt,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            &days.to_string(),
+            "-sha256",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            &crt,
         ]);
     }
 }
@@ -265,6 +329,9 @@ pub fn make_certs(dir: &Path, leaves: &[(&str, &str, u32)]) {
 /// The SHA-256 fingerprint of the first certificate in a PEM file.
 pub fn fingerprint_of(pem_file: &Path) -> String {
     let pem = std::fs::read(pem_file).unwrap();
-    let der = CertificateDer::pem_slice_iter(&pem).next().unwrap().unwrap();
+    let der = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .unwrap()
+        .unwrap();
     occ_init::tls::fingerprint(der.as_ref())
 }
