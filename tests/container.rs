@@ -77,9 +77,16 @@ fn containerfile_copies_existing_paths_and_names_real_commands() {
     assert!(ins
         .iter()
         .any(|i| i.contains("COPY --from=build /out/occ-init /out/occ-proxy /usr/local/bin/")));
-    assert!(ins
+    // PID 1 built for size, the proxy for speed (its own profile), both installed.
+    let build = ins
         .iter()
-        .any(|i| i.contains("--bin occ-init --bin occ-proxy")));
+        .find(|i| i.contains("cargo build"))
+        .expect("a cargo build");
+    assert!(build.contains("cargo build --release --locked --bin occ-init"), "{build}");
+    assert!(build.contains("cargo build --profile proxy --locked --bin occ-proxy"), "{build}");
+    assert!(build.contains("target/release/occ-init target/proxy/occ-proxy"), "{build}");
+    let manifest = read("Cargo.toml");
+    assert!(manifest.contains("[profile.proxy]"), "Cargo.toml has no proxy profile");
     // The proxy's user ships in the image, with the name the config expects.
     let proxy_user = occ_init::config::Config::default().proxy_user;
     assert!(ins.iter().any(|i| i.starts_with("RUN ")
