@@ -82,11 +82,23 @@ fn containerfile_copies_existing_paths_and_names_real_commands() {
         .iter()
         .find(|i| i.contains("cargo build"))
         .expect("a cargo build");
-    assert!(build.contains("cargo build --release --locked --bin occ-init"), "{build}");
-    assert!(build.contains("cargo build --profile proxy --locked --bin occ-proxy"), "{build}");
-    assert!(build.contains("target/release/occ-init target/proxy/occ-proxy"), "{build}");
+    assert!(
+        build.contains("cargo build --release --locked --bin occ-init"),
+        "{build}"
+    );
+    assert!(
+        build.contains("cargo build --profile proxy --locked --bin occ-proxy"),
+        "{build}"
+    );
+    assert!(
+        build.contains("target/release/occ-init target/proxy/occ-proxy"),
+        "{build}"
+    );
     let manifest = read("Cargo.toml");
-    assert!(manifest.contains("[profile.proxy]"), "Cargo.toml has no proxy profile");
+    assert!(
+        manifest.contains("[profile.proxy]"),
+        "Cargo.toml has no proxy profile"
+    );
     // The proxy's user ships in the image, with the name the config expects.
     let proxy_user = occ_init::config::Config::default().proxy_user;
     assert!(ins.iter().any(|i| i.starts_with("RUN ")
