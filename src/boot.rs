@@ -1508,9 +1508,74 @@ pub fn check(config_path: Option<&Path>, overrides: &Overrides) -> i32 {
             Decision::Gate(g) => format!("gated: {g}"),
         }
     );
-    if ok {
+    let tls_ok = check_tls(&cfg);
+    match crate::tokens::Tokens::load(&cfg.tokens_path()) {
+        Ok(t) => println!(
+            "# personal API tokens {}: {}",
+            cfg.tokens_path().display(),
+            t.count()
+        ),
+        Err(e) => {
+            println!("# personal API tokens: UNREADABLE (none would be accepted)");
+            eprintln!("occ-init: {e}");
+        }
+    }
+    if ok && tls_ok {
         0
     } else {
         1
+    }
+}
+
+/// `check`'s TLS line: the pair the proxy would serve, or why there would be none.
+fn check_tls(cfg: &Config) -> bool {
+    use crate::tls::Source;
+    let Some(source) = cfg.tls_source(crate::tls::hostname().as_deref()) else {
+        println!("# TLS: off (plain HTTP)");
+        return true;
+    };
+    let now = crate::tls::now_unix();
+    let loaded = match &source {
+        Source::Files { cert, key } => crate::tls::read_pair(cert, key).and_then(|p| {
+            crate::tls::check(&p, &cert.display().to_string(), &key.display().to_string())
+        }),
+        Source::SelfSigned { dir, .. } => {
+            let (cert, key) = (
+                dir.join(crate::tls::SELF_CERT),
+                dir.join(crate::tls::SELF_KEY),
+            );
+            if !cert.exists() {
+                println!(
+                    "# TLS: self-signed, made at boot in {} (none yet)",
+                    dir.display()
+                );
+                return true;
+            }
+            crate::tls::read_pair(&cert, &key).and_then(|p| {
+                crate::tls::check(&p, &cert.display().to_string(), &key.display().to_string())
+            })
+        }
+    };
+    match loaded {
+        Ok(info) => {
+            println!(
+                "# TLS: {} for {} until {}{}, SHA-256 {}",
+                cfg.tls.as_str(),
+                info.names.join(", "),
+                crate::tls::rfc3339(info.not_after),
+                if info.expired(now) { " (EXPIRED)" } else { "" },
+                info.fingerprint_sha256
+            );
+            true
+        }
+        Err(e) => {
+            println!(
+                "# TLS: {} — UNUSABLE: nothing would be served",
+                cfg.tls.as_str()
+            );
+            eprintln!("occ-init: {e}");
+            // A self-signed pair that does not check out is replaced at boot.
+            matches!(source, Source::SelfSigned { .. })
+        }
     }
 }

@@ -637,3 +637,44 @@ fn silent_connections_in_the_handshake_make_room_for_a_login() {
     drop(init);
     sb.assert_host_untouched();
 }
+
+/// `occ-init check` shows the pair the proxy would serve (names, expiry, fingerprint) and
+/// fails on an unusable one, naming the file.
+#[test]
+fn check_shows_the_certificate_or_why_it_is_unusable() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    make_certs(d, &[("good", "ec", 30)]);
+    let sb = Sandbox::new();
+    let env = |cert: &str| {
+        vec![
+            ("OCC_TLS", "files".to_string()),
+            ("OCC_TLS_CERT_FILE", d.join(cert).display().to_string()),
+            ("OCC_TLS_KEY_FILE", d.join("good.key").display().to_string()),
+        ]
+    };
+    let run = |cert: &str| {
+        let e = env(cert);
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        sb.occ_env(&["check"], None, &e)
+    };
+    let out = run("good.crt");
+    assert!(out.status.success(), "{}", text(&out));
+    let fp = client::fingerprint_of(&d.join("good.crt"));
+    assert!(
+        text(&out).contains(&format!("# TLS: files for localhost, 127.0.0.1 until")),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains(&fp), "{}", text(&out));
+    let out = run("ca.pem");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("UNUSABLE") && text(&out).contains("does not belong"),
+        "{}",
+        text(&out)
+    );
+    let out = run("missing.crt");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("missing.crt"), "{}", text(&out));
+}
