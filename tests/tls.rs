@@ -662,7 +662,7 @@ fn check_shows_the_certificate_or_why_it_is_unusable() {
     assert!(out.status.success(), "{}", text(&out));
     let fp = client::fingerprint_of(&d.join("good.crt"));
     assert!(
-        text(&out).contains(&format!("# TLS: files for localhost, 127.0.0.1 until")),
+        text(&out).contains("# TLS: files for localhost, 127.0.0.1 until"),
         "{}",
         text(&out)
     );
