@@ -350,6 +350,11 @@ impl Boot {
                 None
             }
         };
+        if let Some((_, shared)) = &admin {
+            if let Ok(mut o) = shared.oidc.lock() {
+                o.configure(&cfg);
+            }
+        }
         let decision = policy::decide(&facts(&cfg, &active_users));
         let now = Instant::now();
         let mut services = BTreeMap::new();
@@ -522,6 +527,11 @@ impl Boot {
                 self.cfg = cfg;
             }
             Err(e) => log::error!("configuration not reloaded, keeping the old one: {e}"),
+        }
+        if let Some((_, shared)) = &self.admin {
+            if let Ok(mut o) = shared.oidc.lock() {
+                o.configure(&self.cfg);
+            }
         }
         // The certificate files are re-read on every SIGHUP (rotation by hand).
         if let Some(t) = &mut self.tls {
@@ -696,6 +706,19 @@ impl Boot {
                     .as_ref()
                     .and_then(|(_, s)| s.tokens.lock().ok().map(|t| t.count()))
                     .unwrap_or(0),
+                oidc: self.admin.as_ref().and_then(|(_, s)| {
+                    let o = s.oidc.lock().ok()?;
+                    Some(OidcStatus {
+                        issuer: o.issuer.clone()?,
+                        reachable: o.reachable,
+                        error: o.error.clone(),
+                        device: o.device,
+                        allowed_groups: o.allowed_groups.clone(),
+                        create_users: o.create_users,
+                        secret: o.secret.is_some(),
+                    })
+                }),
+                password_login: self.cfg.password_login,
             },
             users: UsersStatus {
                 manifest: self.cfg.users_file.display().to_string(),
@@ -1358,6 +1381,29 @@ pub fn proxy_argv(
     for o in &cfg.trusted_origins {
         v.push("--trusted-origin".into());
         v.push(o.into());
+    }
+    if let (Some(issuer), Some(id), Some(public)) =
+        (&cfg.oidc_issuer, &cfg.oidc_client_id, &cfg.public_url)
+    {
+        for (k, val) in [
+            ("--oidc-issuer", issuer.clone()),
+            ("--oidc-client-id", id.clone()),
+            ("--public-url", public.clone()),
+            ("--oidc-username-claim", cfg.oidc_username_claim.clone()),
+            ("--oidc-groups-claim", cfg.oidc_groups_claim.clone()),
+            ("--password-login", cfg.password_login.to_string()),
+        ] {
+            v.push(k.into());
+            v.push(val.into());
+        }
+        if let Some(n) = &cfg.oidc_provider_name {
+            v.push("--oidc-provider-name".into());
+            v.push(n.into());
+        }
+        for s in &cfg.oidc_scopes {
+            v.push("--oidc-scope".into());
+            v.push(s.into());
+        }
     }
     v
 }

@@ -196,6 +196,24 @@ pub struct Config {
     /// Personal API tokens (hashes only, root-only); default `tokens.json` beside
     /// `users_file`.
     pub tokens_file: Option<PathBuf>,
+    /// OpenID Connect sign-in at the proxy (docs/sso.md): the provider's issuer URL.
+    pub oidc_issuer: Option<String>,
+    pub oidc_client_id: Option<String>,
+    /// The client secret, only ever from this file (root-only).
+    pub oidc_client_secret_file: Option<PathBuf>,
+    /// The button's label ("Sign in with …"); default: the issuer's host.
+    pub oidc_provider_name: Option<String>,
+    /// Where people reach the proxy; the redirect URI is `<public_url>/_occ/oidc/callback`.
+    pub public_url: Option<String>,
+    pub oidc_username_claim: String,
+    pub oidc_groups_claim: String,
+    /// Groups allowed to sign in (empty: everyone the provider authenticates).
+    pub oidc_allowed_groups: Vec<String>,
+    pub oidc_scopes: Vec<String>,
+    /// Create a login user (with no usable password) at an identity's first sign-in.
+    pub oidc_create_users: bool,
+    /// Passwords at the login page and as HTTP Basic (off: OIDC and tokens only).
+    pub password_login: bool,
     pub rate_limit_attempts: u32,
     pub rate_limit_window_seconds: u64,
     pub restart: RestartPolicy,
@@ -270,6 +288,22 @@ impl Default for Config {
             tls_dir: PathBuf::from("/var/lib/occ/tls"),
             hsts: false,
             tokens_file: None,
+            oidc_issuer: None,
+            oidc_client_id: None,
+            oidc_client_secret_file: None,
+            oidc_provider_name: None,
+            public_url: None,
+            oidc_username_claim: "preferred_username".into(),
+            oidc_groups_claim: "groups".into(),
+            oidc_allowed_groups: Vec::new(),
+            oidc_scopes: vec![
+                "openid".into(),
+                "profile".into(),
+                "email".into(),
+                "groups".into(),
+            ],
+            oidc_create_users: false,
+            password_login: true,
             rate_limit_attempts: 5,
             rate_limit_window_seconds: 60,
             restart: RestartPolicy::Always,
@@ -348,6 +382,17 @@ const KEYS: &[&str] = &[
     "tls_dir",
     "hsts",
     "tokens_file",
+    "oidc_issuer",
+    "oidc_client_id",
+    "oidc_client_secret_file",
+    "oidc_provider_name",
+    "public_url",
+    "oidc_username_claim",
+    "oidc_groups_claim",
+    "oidc_allowed_groups",
+    "oidc_scopes",
+    "oidc_create_users",
+    "password_login",
     "rate_limit_attempts",
     "rate_limit_window_seconds",
     "restart",
@@ -591,6 +636,7 @@ impl Config {
         if !self.tls_dir.is_absolute() {
             return bad("tls_dir", "must be an absolute path".into());
         }
+        self.validate_oidc()?;
         if !self.health_path.starts_with('/') {
             return bad("health_path", "must start with /".into());
         }
@@ -688,6 +734,63 @@ impl Config {
         }
     }
 
+    /// The OIDC settings hang together: an issuer needs a client id, a secret file and the
+    /// public URL; URLs are https (http only on loopback); `password_login = false` needs OIDC.
+    fn validate_oidc(&self) -> Result<(), ConfigError> {
+        let bad = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let Some(issuer) = &self.oidc_issuer else {
+            if !self.password_login {
+                return bad(
+                    "password_login",
+                    "false needs oidc_issuer (else nobody could sign in)".into(),
+                );
+            }
+            return Ok(());
+        };
+        if let Err(e) = crate::oidc_url::check(issuer) {
+            return bad("oidc_issuer", e);
+        }
+        if self.auth != AuthMode::Proxy {
+            return bad(
+                "oidc_issuer",
+                "OpenID Connect sign-in needs auth = proxy".into(),
+            );
+        }
+        if self.oidc_client_id.as_deref().is_none_or(str::is_empty) {
+            return bad("oidc_client_id", "is needed with oidc_issuer".into());
+        }
+        if self.oidc_client_secret_file.is_none() {
+            return bad(
+                "oidc_client_secret_file",
+                "is needed with oidc_issuer (the secret is only ever read from a file)".into(),
+            );
+        }
+        match &self.public_url {
+            None => return bad(
+                "public_url",
+                "is needed with oidc_issuer (the redirect URI is <public_url>/_occ/oidc/callback)"
+                    .into(),
+            ),
+            Some(u) => {
+                if let Err(e) = crate::oidc_url::check(u) {
+                    return bad("public_url", e);
+                }
+            }
+        }
+        if !self.oidc_scopes.iter().any(|s| s == "openid") {
+            return bad("oidc_scopes", "must include openid".into());
+        }
+        for (key, v) in [
+            ("oidc_username_claim", &self.oidc_username_claim),
+            ("oidc_groups_claim", &self.oidc_groups_claim),
+        ] {
+            if v.is_empty() || v.len() > 64 || v.contains(char::is_whitespace) {
+                return bad(key, format!("'{v}' is not a claim name"));
+            }
+        }
+        Ok(())
+    }
+
     /// Where the personal API tokens are kept.
     pub fn tokens_path(&self) -> PathBuf {
         self.tokens_file
@@ -761,19 +864,33 @@ fn env_value(name: &str, key: &str, raw: &str) -> Result<toml::Value, ConfigErro
                 .parse::<i64>()
                 .map_err(|_| err(format!("'{raw}' is not a number")))?,
         ),
-        "allow_unauthenticated_network" | "trust_proxy" | "public_health" | "hsts" => {
+        "allow_unauthenticated_network"
+        | "trust_proxy"
+        | "public_health"
+        | "hsts"
+        | "oidc_create_users"
+        | "password_login" => {
             toml::Value::Boolean(match raw.trim().to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => true,
                 "0" | "false" | "no" | "off" | "" => false,
                 _ => return Err(err(format!("'{raw}' is not true/false"))),
             })
         }
-        "command" | "pass_env" | "trusted_origins" | "tls_names" => toml::Value::Array(
-            raw.split(if key == "command" { ' ' } else { ',' })
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_string()))
-                .collect(),
+        "command"
+        | "pass_env"
+        | "trusted_origins"
+        | "tls_names"
+        | "oidc_allowed_groups"
+        | "oidc_scopes" => toml::Value::Array(
+            raw.split(if key == "command" || key == "oidc_scopes" {
+                ' '
+            } else {
+                ','
+            })
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| toml::Value::String(s.to_string()))
+            .collect(),
         ),
         "env" => {
             let mut t = toml::Table::new();
@@ -1091,6 +1208,11 @@ mod tests {
             tls_cert_file: Some("/c".into()),
             tls_key_file: Some("/k".into()),
             tokens_file: Some("/t".into()),
+            oidc_issuer: Some("https://idp.example".into()),
+            oidc_client_id: Some("occ".into()),
+            oidc_client_secret_file: Some("/s".into()),
+            oidc_provider_name: Some("IdP".into()),
+            public_url: Some("https://ide.example".into()),
             ..Config::default()
         }
         .render()

@@ -14,6 +14,8 @@ pub mod instances;
 pub mod listen;
 pub mod logging;
 pub mod manifest;
+pub mod oidc;
+pub mod oidc_url;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;

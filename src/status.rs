@@ -99,6 +99,31 @@ pub struct Security {
     /// Personal API tokens that exist (expired ones included).
     #[serde(default)]
     pub tokens: usize,
+    /// Single sign-on (OpenID Connect), when configured.
+    #[serde(default)]
+    pub oidc: Option<OidcStatus>,
+    /// Passwords are accepted (false: single sign-on and tokens only).
+    #[serde(default = "yes")]
+    pub password_login: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `security.oidc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OidcStatus {
+    pub issuer: String,
+    /// The proxy reached the provider at its last try (`None`: not tried yet).
+    pub reachable: Option<bool>,
+    pub error: Option<String>,
+    /// The provider offers device login.
+    pub device: bool,
+    pub allowed_groups: Vec<String>,
+    pub create_users: bool,
+    /// The client secret file could be read.
+    pub secret: bool,
 }
 
 /// The proxy's TLS (`security.tls`).
@@ -346,7 +371,16 @@ pub fn render(s: &Status, color: bool) -> String {
     let n = sec.auth_users.len();
     let auth = match sec.auth_enforced_by.as_str() {
         "proxy" => format!(
-            "occ-init proxy: PAM passwords, personal API tokens ({}); {n} user{}",
+            "occ-init proxy: {}{}personal API tokens ({}); {n} user{}",
+            if sec.password_login {
+                "PAM passwords, "
+            } else {
+                ""
+            },
+            sec.oidc
+                .as_ref()
+                .map(|o| format!("OIDC ({}), ", o.issuer))
+                .unwrap_or_default(),
             sec.tokens,
             if n == 1 { "" } else { "s" }
         ),
@@ -356,6 +390,20 @@ pub fn render(s: &Status, color: bool) -> String {
     out.push_str(&format!("Auth:        {auth}\n"));
     if sec.server_password {
         out.push_str("Server pw:   set (OPENCODE_SERVER_PASSWORD from file)\n");
+    }
+    if let Some(o) = &sec.oidc {
+        let state = match (o.reachable, &o.error, o.secret) {
+            (_, _, false) => red("no client secret (see the boot log)"),
+            (Some(true), _, true) => green("reachable"),
+            (Some(false), Some(e), true) => red(&format!("unreachable: {e}")),
+            (Some(false), None, true) => red("unreachable"),
+            (None, _, true) => yellow("not tried yet"),
+        };
+        out.push_str(&format!(
+            "OIDC:        {} — {state}{}\n",
+            o.issuer,
+            if o.device { ", device login" } else { "" }
+        ));
     }
     out.push_str(&format!(
         "TLS:         {}\n",
@@ -483,6 +531,8 @@ mod tests {
                 allow_unauthenticated_network: false,
                 tls: TlsStatus::default(),
                 tokens: 0,
+                oidc: None,
+                password_login: true,
             },
             users: UsersStatus {
                 manifest: "/var/lib/occ/users.toml".into(),

@@ -113,6 +113,11 @@ pub fn looks_like_token(s: &str) -> bool {
     split(s).is_some()
 }
 
+/// The public id of a token-shaped string.
+pub fn token_id(s: &str) -> Option<&str> {
+    split(s)
+}
+
 /// The id of a token-shaped string.
 fn split(s: &str) -> Option<&str> {
     let rest = s.strip_prefix(PREFIX)?;
@@ -144,7 +149,12 @@ fn same(a: &str, b: &str) -> bool {
 
 fn check_name(name: &str) -> Result<String, TokenError> {
     let n = name.trim();
-    if n.is_empty() || n.chars().count() > MAX_NAME || n.chars().any(char::is_control) {
+    // No control characters, and none that reorder or hide text in a terminal's list.
+    let hidden = |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
+    if n.is_empty()
+        || n.chars().count() > MAX_NAME
+        || n.chars().any(|c| c.is_control() || hidden(c))
+    {
         return Err(TokenError::BadName);
     }
     Ok(n.to_string())
@@ -459,6 +469,10 @@ mod tests {
         let (_d, mut s) = store();
         assert_eq!(
             s.create("a", 1, "", None, 0).unwrap_err(),
+            TokenError::BadName
+        );
+        assert_eq!(
+            s.create("a", 1, "evil\u{202E}gpj", None, 0).unwrap_err(),
             TokenError::BadName
         );
         assert_eq!(

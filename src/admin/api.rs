@@ -189,6 +189,22 @@ pub enum AuthRoute {
         user: String,
         id: String,
     },
+    /// The OIDC client secret (read by PID 1 from its root-only file).
+    OidcSecret,
+    /// What the proxy knows of the provider now.
+    OidcState(OidcReport),
+    /// A verified identity: which user does it sign in as?
+    OidcLogin(crate::oidc::Identity),
+}
+
+/// Body of `POST /v1/auth/oidc/state`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcReport {
+    pub reachable: bool,
+    pub error: Option<String>,
+    #[serde(default)]
+    pub device: bool,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +254,9 @@ pub fn route_auth(req: &Request) -> Result<AuthRoute, ApiError> {
                 client: b.client.chars().take(64).collect(),
             })
         }
+        ("GET", ["v1", "auth", "oidc"]) => Ok(AuthRoute::OidcSecret),
+        ("POST", ["v1", "auth", "oidc", "state"]) => Ok(AuthRoute::OidcState(json_body(req)?)),
+        ("POST", ["v1", "auth", "oidc", "login"]) => Ok(AuthRoute::OidcLogin(json_body(req)?)),
         ("GET", ["v1", "auth", "tokens", user]) => Ok(AuthRoute::UserTokens {
             user: user.to_string(),
         }),

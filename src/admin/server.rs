@@ -153,6 +153,77 @@ pub struct GateView {
     pub upstream_uid: Option<u32>,
 }
 
+/// Single sign-on as PID 1 holds it (kept current on boot and SIGHUP).
+#[derive(Debug)]
+pub struct OidcShared {
+    pub issuer: Option<String>,
+    pub secret: Option<SecretString>,
+    /// Why the secret could not be read.
+    pub secret_error: Option<String>,
+    pub pins: Option<crate::oidc::Pins>,
+    pub username_claim: String,
+    pub allowed_groups: Vec<String>,
+    pub create_users: bool,
+    pub password_login: bool,
+    /// What the proxy last reported of the provider.
+    pub reachable: Option<bool>,
+    pub error: Option<String>,
+    pub device: bool,
+}
+
+impl Default for OidcShared {
+    fn default() -> OidcShared {
+        OidcShared {
+            issuer: None,
+            secret: None,
+            secret_error: None,
+            pins: None,
+            username_claim: "preferred_username".into(),
+            allowed_groups: Vec::new(),
+            create_users: false,
+            password_login: true,
+            reachable: None,
+            error: None,
+            device: false,
+        }
+    }
+}
+
+impl OidcShared {
+    /// From the configuration: reads the client secret file and the pins.
+    pub fn configure(&mut self, cfg: &crate::config::Config) {
+        self.password_login = cfg.password_login;
+        self.username_claim = cfg.oidc_username_claim.clone();
+        self.allowed_groups = cfg.oidc_allowed_groups.clone();
+        self.create_users = cfg.oidc_create_users;
+        if self.issuer != cfg.oidc_issuer {
+            self.reachable = None;
+            self.error = None;
+        }
+        self.issuer = cfg.oidc_issuer.clone();
+        self.secret = None;
+        self.secret_error = None;
+        if self.issuer.is_none() {
+            self.pins = None;
+            return;
+        }
+        if let Some(path) = &cfg.oidc_client_secret_file {
+            match crate::oidc::read_secret(path) {
+                Ok(s) => self.secret = Some(s),
+                Err(e) => {
+                    log::error!("oidc: the client secret: {e}; OpenID sign-in cannot work");
+                    self.secret_error = Some(e);
+                }
+            }
+        }
+        let pins = crate::oidc::Pins::load(&crate::oidc::default_pins_path(&cfg.users_file));
+        if let Some(b) = &pins.broken {
+            log::error!("oidc: the pins file: {b}; nobody signs in by OpenID until it is fixed");
+        }
+        self.pins = Some(pins);
+    }
+}
+
 /// A unix socket this process bound. At exit it is removed only if the path still names
 /// that socket (same device and inode): a second occ-init that found it in use, or a
 /// successor that replaced it, keeps its own.
@@ -209,6 +280,9 @@ pub struct Shared {
     pub sessions: Mutex<Sessions>,
     /// Personal API tokens.
     pub tokens: Mutex<crate::tokens::Tokens>,
+    /// Single sign-on: the settings PID 1 decides with, the client secret, the pins, and
+    /// what the proxy last said of the provider.
+    pub oidc: Mutex<OidcShared>,
     /// Sockets bound here, removed at exit if still ours.
     bound: Mutex<Vec<Bound>>,
     jobs: Mutex<Sender<Job>>,
@@ -295,6 +369,7 @@ pub fn start(
         auth_uid: Mutex::new(None),
         sessions: Mutex::new(sessions),
         tokens: Mutex::new(tokens),
+        oidc: Mutex::new(OidcShared::default()),
         bound: Mutex::new(vec![bound]),
         jobs: Mutex::new(tx),
         waker,
@@ -594,6 +669,45 @@ fn handle_auth(route: api::AuthRoute, shared: &Shared) -> Response {
             client,
         } => verify_login(shared, Limit::Client(&client), &name, password),
         api::AuthRoute::Token { token, client } => verify_bearer(shared, &client, token),
+        api::AuthRoute::OidcSecret => {
+            let o = shared
+                .oidc
+                .lock()
+                .map_err(|_| ApiError::new(500, "internal", "oidc state unavailable"))?;
+            match &o.secret {
+                Some(s) => Ok(ok(200, json!({"client_secret": s.expose()}))),
+                None => Err(ApiError::new(
+                    404,
+                    "no_secret",
+                    o.secret_error
+                        .clone()
+                        .unwrap_or_else(|| "no client secret".into()),
+                )),
+            }
+        }
+        api::AuthRoute::OidcState(report) => {
+            if let Ok(mut o) = shared.oidc.lock() {
+                if o.reachable != Some(report.reachable) || o.error != report.error {
+                    match (&report.error, report.reachable) {
+                        (_, true) => log::info!(
+                            "oidc: the provider answers (device login {})",
+                            if report.device {
+                                "offered"
+                            } else {
+                                "not offered"
+                            }
+                        ),
+                        (Some(e), false) => log::warn!("oidc: the provider is unreachable: {e}"),
+                        (None, false) => log::warn!("oidc: the provider is unreachable"),
+                    }
+                }
+                o.reachable = Some(report.reachable);
+                o.error = report.error;
+                o.device = report.device;
+            }
+            Ok(ok(200, json!({"ok": true})))
+        }
+        api::AuthRoute::OidcLogin(identity) => oidc_login(shared, identity),
         api::AuthRoute::UserTokens { user } => list_tokens(shared, Some(&user)),
         api::AuthRoute::CreateToken(t) => create_token(shared, t),
         api::AuthRoute::RevokeToken { user, id } => revoke_token(shared, &id, Some(&user)),
@@ -650,9 +764,12 @@ fn verify_login(
         return Ok(r);
     }
     let users = users_of(shared)?;
+    let passwords = shared.oidc.lock().map(|o| o.password_login).unwrap_or(true);
     let fingerprint = match users.login_fingerprint(name) {
         // An empty password never reaches PAM (which may take it: `nullok`).
         Ok(Some(_)) if password.expose().is_empty() => None,
+        // password_login = false: only tokens.
+        Ok(Some(_)) if !passwords && !crate::tokens::looks_like_token(password.expose()) => None,
         // A personal API token as the password: checked here, never by PAM.
         Ok(Some(_)) if crate::tokens::looks_like_token(password.expose()) => {
             token_user(shared, &users, password.expose())
@@ -703,12 +820,22 @@ fn verify_bearer(
     token: crate::secret::SecretString,
 ) -> Result<Response, ApiError> {
     let now = Instant::now();
-    let keys = vec![format!("client:{client}")];
-    let begun = shared
-        .limiter
-        .lock()
-        .map_err(|_| ApiError::new(500, "internal", "limiter"))?
-        .begin(&keys, now);
+    // Limited per token id (guesses at one token, from any address) and per address; from
+    // an address where the token was used before, on that pair alone (strangers sharing a
+    // NAT address cannot lock its user out). A success clears only the token's own keys.
+    let tag = format!(
+        "token:{}",
+        crate::tokens::token_id(token.expose()).unwrap_or("-")
+    );
+    let (keys, begun) = {
+        let mut l = shared
+            .limiter
+            .lock()
+            .map_err(|_| ApiError::new(500, "internal", "limiter"))?;
+        let keys = l.keys(&tag, client, now);
+        let begun = l.begin(&keys, now);
+        (keys, begun)
+    };
     if let Err(wait) = begun {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut r = ApiError::new(
@@ -730,7 +857,12 @@ fn verify_bearer(
     };
     match found {
         Some((user, fp)) => {
-            rl.succeeded(&keys);
+            let own: Vec<String> = keys
+                .iter()
+                .filter(|k| !k.starts_with("client:"))
+                .cloned()
+                .collect();
+            rl.logged_in(&tag, client, &own, Instant::now());
             Ok(ok(
                 200,
                 json!({"ok": true, "user": user, "fingerprint": fp.to_string()}),
@@ -741,6 +873,90 @@ fn verify_bearer(
             Err(api::users_error(&UsersError::AuthFailed))
         }
     }
+}
+
+/// A verified identity from the proxy: which user it signs in as (created at first sign-in
+/// with `oidc_create_users`), her `sub` pinned; or why not (403 with the reason).
+fn oidc_login(shared: &Shared, id: crate::oidc::Identity) -> Result<Response, ApiError> {
+    use crate::oidc::{Mapping, UserState};
+    let users = users_of(shared)?;
+    let accounts = crate::users::accounts::Accounts::read(std::path::Path::new("/etc")).ok();
+    let state = |name: &str| match users.login_uid(name) {
+        Ok(Some(_)) => UserState::Active,
+        _ if accounts.as_ref().is_some_and(|a| a.get(name).is_some()) => UserState::Locked,
+        _ => UserState::Missing,
+    };
+    let mapping = {
+        let o = shared
+            .oidc
+            .lock()
+            .map_err(|_| ApiError::new(500, "internal", "oidc state unavailable"))?;
+        if o.issuer.as_deref() != Some(id.issuer.as_str()) {
+            return Err(ApiError::new(
+                403,
+                "wrong_issuer",
+                "not the configured provider",
+            ));
+        }
+        let Some(pins) = &o.pins else {
+            return Err(ApiError::new(503, "no_pins", "sign-in is not configured"));
+        };
+        if let Some(b) = &pins.broken {
+            return Err(ApiError::new(503, "no_pins", b.clone()));
+        }
+        crate::oidc::decide(
+            &id,
+            &o.username_claim,
+            &o.allowed_groups,
+            state,
+            |n| pins.get(n),
+            o.create_users,
+        )
+    };
+    let name = match mapping {
+        Mapping::Refused(r) => {
+            return Err(ApiError::new(403, r.code(), r.to_string()));
+        }
+        Mapping::Existing(name) => name,
+        Mapping::Create(name) => {
+            // No usable password: a random one nobody ever sees (sign-in by OIDC or tokens).
+            let pw = crate::proxy::session::new_token()
+                .map_err(|e| ApiError::new(500, "random", e.to_string()))?;
+            mutate(
+                shared,
+                UserOp::Add {
+                    name: name.clone(),
+                    secret: crate::users::NewSecret::Password(SecretString::new(pw)),
+                    uid: None,
+                },
+                201,
+            )?;
+            log::info!(
+                "oidc: created user {name:?} at the first sign-in of {:?}",
+                id.sub
+            );
+            name
+        }
+    };
+    if let Ok(mut o) = shared.oidc.lock() {
+        if let Some(pins) = o.pins.as_mut() {
+            let pin = crate::oidc::Pin {
+                issuer: id.issuer.clone(),
+                sub: id.sub.clone(),
+            };
+            if let Err(e) = pins.pin(&name, pin) {
+                return Err(ApiError::new(500, "pins", e.to_string()));
+            }
+        }
+    }
+    let fp = users_of(shared)?
+        .login_fingerprint(&name)
+        .map_err(|e| api::users_error(&e))?
+        .ok_or_else(|| ApiError::new(403, "locked", format!("the user {name} cannot log in")))?;
+    Ok(ok(
+        200,
+        json!({"ok": true, "user": name, "fingerprint": fp.to_string()}),
+    ))
 }
 
 fn token_error(e: &crate::tokens::TokenError) -> ApiError {
@@ -948,10 +1164,18 @@ fn handle(route: Route, uid: u32, shared: &Shared) -> Response {
                 },
                 200,
             )?;
-            // Her tokens go with the account (a later user of the name gets none of them).
+            // Her tokens go with the account (a later user of the name gets none of them),
+            // and so does her pinned identity.
             if let Ok(mut t) = shared.tokens.lock() {
                 if let Err(e) = t.remove_user(&name) {
                     log::warn!("tokens of {name:?}: {e}");
+                }
+            }
+            if let Ok(mut o) = shared.oidc.lock() {
+                if let Some(p) = o.pins.as_mut() {
+                    if let Err(e) = p.remove(&name) {
+                        log::warn!("oidc pin of {name:?}: {e}");
+                    }
                 }
             }
             Ok(r)

@@ -230,6 +230,52 @@ impl AuthClient {
         }
     }
 
+    /// The OIDC client secret, from PID 1 (it reads the root-only file).
+    pub async fn oidc_secret(&self) -> Result<crate::secret::SecretString, ()> {
+        let body = self.get_ok("/v1/auth/oidc").await?;
+        let mut v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| ())?;
+        match v["client_secret"].take() {
+            serde_json::Value::String(s) => Ok(crate::secret::SecretString::new(s)),
+            _ => Err(()),
+        }
+    }
+
+    /// Tell PID 1 whether the provider answers (for `status`).
+    pub async fn oidc_state(
+        &self,
+        reachable: bool,
+        error: Option<&str>,
+        device: bool,
+    ) -> Result<(), ()> {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "reachable": reachable, "error": error, "device": device,
+        }))
+        .unwrap_or_default();
+        let a = self
+            .call("POST", "/v1/auth/oidc/state", &body, LOOKUP_TIMEOUT)
+            .await
+            .ok_or(())?;
+        (a.status == 200).then_some(()).ok_or(())
+    }
+
+    /// Which user a verified identity signs in as: `(user, fingerprint)`, or PID 1's reason.
+    pub async fn oidc_login(
+        &self,
+        identity: &crate::oidc::Identity,
+    ) -> Result<(String, String), String> {
+        let body = serde_json::to_vec(identity).unwrap_or_default();
+        // Creating a user runs useradd: allow for it.
+        let a = self
+            .call("POST", "/v1/auth/oidc/login", &body, VERIFY_TIMEOUT)
+            .await
+            .ok_or_else(|| "occ-init is not answering".to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
+        match (a.status, v["user"].as_str(), fingerprint_of(&a.body)) {
+            (200, Some(user), Some(fp)) => Ok((user.to_string(), fp)),
+            _ => Err(v["error"].as_str().unwrap_or("refused").to_string()),
+        }
+    }
+
     /// `user`'s tokens (never the tokens themselves).
     pub async fn tokens(&self, user: &str) -> Result<Vec<crate::tokens::TokenInfo>, ()> {
         let path = format!("/v1/auth/tokens/{}", super::request::percent_encode(user));

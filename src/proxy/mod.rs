@@ -7,6 +7,7 @@ pub mod auth;
 pub mod conn;
 pub mod flight;
 pub mod instances;
+pub mod oidc;
 pub mod origin;
 pub mod pages;
 pub mod request;
@@ -89,6 +90,27 @@ pub struct Args {
     /// Send Strict-Transport-Security over TLS.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub hsts: bool,
+    /// Offer single sign-on with this OpenID provider (its client secret comes from PID 1).
+    #[arg(long, value_name = "URL", requires_all = ["oidc_client_id", "public_url"])]
+    pub oidc_issuer: Option<String>,
+    #[arg(long, value_name = "ID")]
+    pub oidc_client_id: Option<String>,
+    /// Where people reach the proxy (the redirect URI is <public_url>/_occ/oidc/callback).
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// The button's label.
+    #[arg(long, value_name = "NAME")]
+    pub oidc_provider_name: Option<String>,
+    /// A scope to ask for (repeatable).
+    #[arg(long = "oidc-scope", value_name = "SCOPE")]
+    pub oidc_scopes: Vec<String>,
+    #[arg(long, default_value = "preferred_username")]
+    pub oidc_username_claim: String,
+    #[arg(long, default_value = "groups")]
+    pub oidc_groups_claim: String,
+    /// Offer the password form (false: single sign-on and tokens only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub password_login: bool,
 }
 
 /// Raise the soft open-files limit to the hard one (many idle connections).
@@ -158,6 +180,44 @@ pub fn main() -> i32 {
         hsts: args.hsts,
     };
     let mut proxy = server::Proxy::new(settings);
+    if let (Some(issuer), Some(client_id), Some(public_url)) =
+        (&args.oidc_issuer, &args.oidc_client_id, &args.public_url)
+    {
+        for (what, url) in [("--oidc-issuer", issuer), ("--public-url", public_url)] {
+            if let Err(e) = crate::oidc_url::check(url) {
+                log::error!("{what}: {e}");
+                return crate::EXIT_USAGE;
+            }
+        }
+        let name = args.oidc_provider_name.clone().unwrap_or_else(|| {
+            issuer
+                .split("://")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .unwrap_or(issuer)
+                .to_string()
+        });
+        let scopes = if args.oidc_scopes.is_empty() {
+            vec![
+                "openid".into(),
+                "profile".into(),
+                "email".into(),
+                "groups".into(),
+            ]
+        } else {
+            args.oidc_scopes.clone()
+        };
+        proxy = proxy.with_oidc(oidc::OidcSettings {
+            issuer: issuer.clone(),
+            client_id: client_id.clone(),
+            redirect_uri: format!("{}/_occ/oidc/callback", public_url.trim_end_matches('/')),
+            scopes,
+            username_claim: args.oidc_username_claim.clone(),
+            groups_claim: args.oidc_groups_claim.clone(),
+            provider_name: name,
+            password_login: args.password_login,
+        });
+    }
     if let Some(fd) = args.tls_fd {
         // SAFETY: PID 1 passes its certificate socket at this descriptor, owned by nobody
         // else here.

@@ -27,11 +27,58 @@ background:#0f1115;color:#e6e6e6;font-size:15px}input:focus{outline:2px solid #4
 button{margin-top:20px;width:100%;padding:10px;border:0;border-radius:6px;background:#4c8dff;color:#fff;\
 font-size:15px;cursor:pointer}.err{background:#3a1d22;border:1px solid #6b2a35;color:#ffb4bf;\
 padding:8px 10px;border-radius:6px;margin:0 0 8px;font-size:14px}code{background:#0f1115;padding:2px 5px;\
-border-radius:4px;font-size:13px;word-break:break-all}";
+border-radius:4px;font-size:13px;word-break:break-all}\
+a.sso{display:block;text-align:center;padding:10px;border-radius:6px;background:#2a2f3a;color:#fff;\
+text-decoration:none;border:1px solid #394050}";
+
+/// Single sign-on on the login page: the button's label, whether the provider answers, and
+/// whether the password form is shown at all.
+pub struct Sso<'a> {
+    pub name: &'a str,
+    pub available: bool,
+    pub passwords: bool,
+}
 
 /// The login form. `error` is shown above it (already generic; escaped here); `no_users`
 /// adds how to create the first account.
 pub fn login(next: &str, error: Option<&str>, no_users: bool) -> String {
+    login_sso(next, error, no_users, None)
+}
+
+/// The login form, with a "Sign in with …" button when `sso` is given.
+pub fn login_sso(next: &str, error: Option<&str>, no_users: bool, sso: Option<&Sso<'_>>) -> String {
+    let button = match sso {
+        Some(s) if s.available => format!(
+            "<p><a class=\"sso\" id=\"sso\" href=\"/_occ/oidc/login?next={}\">Sign in with {}</a></p>",
+            escape(&super::request::percent_encode(next)),
+            escape(s.name)
+        ),
+        Some(s) => format!(
+            "<p class=\"err\" id=\"sso-down\">{} cannot be reached right now{}.</p>",
+            escape(s.name),
+            if s.passwords { "; sign in with your password" } else { "; try again shortly" }
+        ),
+        None => String::new(),
+    };
+    let passwords = sso.is_none_or(|s| s.passwords);
+    let form = if passwords {
+        format!(
+            "<form method=\"post\" action=\"/_occ/login\">\
+<input type=\"hidden\" name=\"next\" value=\"{next}\">\
+<label for=\"username\">Username</label>\
+<input id=\"username\" name=\"username\" autocomplete=\"username\" autocapitalize=\"none\" required autofocus>\
+<label for=\"password\">Password</label>\
+<input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+<button type=\"submit\">Sign in</button></form>",
+            next = escape(next)
+        )
+    } else {
+        String::new()
+    };
+    login_page(error, no_users, &format!("{button}{form}"))
+}
+
+fn login_page(error: Option<&str>, no_users: bool, body: &str) -> String {
     let mut err = error
         .map(|e| format!("<div class=\"err\" role=\"alert\">{}</div>", escape(e)))
         .unwrap_or_default();
@@ -45,15 +92,30 @@ pub fn login(next: &str, error: Option<&str>, no_users: bool) -> String {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
 <title>Sign in · opencode</title><style>{STYLE}</style></head><body><main>\
-<h1>Sign in to opencode</h1><p>Use your account on this container.</p>{err}\
-<form method=\"post\" action=\"/_occ/login\">\
-<input type=\"hidden\" name=\"next\" value=\"{next}\">\
-<label for=\"username\">Username</label>\
-<input id=\"username\" name=\"username\" autocomplete=\"username\" autocapitalize=\"none\" required autofocus>\
-<label for=\"password\">Password</label>\
-<input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-<button type=\"submit\">Sign in</button></form></main></body></html>",
-        next = escape(next),
+<h1>Sign in to opencode</h1><p>Use your account on this container.</p>{err}{body}\
+</main></body></html>"
+    )
+}
+
+/// Single sign-on did not work: why, and the way back to the login page.
+pub fn sso_failed(message: &str) -> String {
+    login_page(
+        Some(message),
+        false,
+        "<p><a class=\"sso\" href=\"/_occ/login\">Back to sign-in</a></p>",
+    )
+}
+
+/// Signed in by single sign-on: a page of this site that goes on to `next` (so the
+/// `SameSite=Strict` session cookie it sets is sent with that navigation).
+pub fn signed_in(user: &str, next: &str) -> String {
+    let next = escape(next);
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta http-equiv=\"refresh\" content=\"0;url={next}\"><title>Signed in · opencode</title>\
+<style>{STYLE}</style></head><body><main><h1>Signed in as {}</h1>\
+<p><a class=\"sso\" href=\"{next}\">Continue to opencode</a></p></main></body></html>",
+        escape(user)
     )
 }
 

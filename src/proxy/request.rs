@@ -21,6 +21,13 @@ pub enum Kind {
     Logout,
     /// `GET`/`POST /_occ/tokens`: the signed-in user's personal API tokens.
     Tokens,
+    /// `GET /_occ/oidc/login`: begin single sign-on.
+    OidcLogin,
+    /// `GET /_occ/oidc/callback`: the provider sends the browser back.
+    OidcCallback,
+    /// `POST /_occ/device/code`, `POST /_occ/device/token`: device login (RFC 8628).
+    DeviceCode,
+    DeviceToken,
     /// Any other `/_occ/` path or method: 404 / 405.
     OwnNotFound,
     /// `GET /global/health` answered without credentials (`public_health`).
@@ -37,6 +44,10 @@ pub fn classify(method: &str, path: &str, public_health: bool) -> Kind {
         ("POST", "/_occ/login") => Kind::LoginSubmit,
         ("POST", "/_occ/logout") => Kind::Logout,
         ("GET" | "HEAD" | "POST", "/_occ/tokens") => Kind::Tokens,
+        ("GET", "/_occ/oidc/login") => Kind::OidcLogin,
+        ("GET", "/_occ/oidc/callback") => Kind::OidcCallback,
+        ("POST", "/_occ/device/code") => Kind::DeviceCode,
+        ("POST", "/_occ/device/token") => Kind::DeviceToken,
         (_, p) if p.starts_with(super::PREFIX) || p == "/_occ" => Kind::OwnNotFound,
         ("GET" | "HEAD", "/global/health") if public_health => Kind::PublicHealth,
         _ => Kind::Opencode,

@@ -27,7 +27,7 @@ use super::conn::{self, Guarded, Slot, Slots};
 use super::flight::Flights;
 use super::request::{self, Kind};
 use super::session::{self, Session, Sessions};
-use super::{instances, origin, pages, upstream};
+use super::{instances, oidc, origin, pages, upstream};
 use crate::instances::{View, ViewState};
 use crate::secret::SecretString;
 
@@ -144,6 +144,10 @@ pub struct Proxy {
     usage: Arc<Mutex<instances::Usage>>,
     /// Asks for a user's instance in flight, by user.
     asks: Flights<String, Result<View, ()>>,
+    /// Single sign-on, when configured.
+    oidc: Option<Arc<oidc::Oidc>>,
+    /// Changes made on the tokens page, per user (at most 20 a minute).
+    token_changes: TokenChanges,
     /// With TLS: the acceptor and the certificate it serves (PID 1 replaces it).
     tls: Option<(tokio_rustls::TlsAcceptor, Arc<super::tls::Certs>)>,
     /// The session cookie's name (`__Host-` prefixed over TLS).
@@ -296,6 +300,34 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Changes on the tokens page per user in the current minute.
+#[derive(Default)]
+struct TokenChanges(Mutex<HashMap<String, (Instant, u32)>>);
+
+impl TokenChanges {
+    const PER_MINUTE: u32 = 20;
+
+    fn allow(&self, user: &str, now: Instant) -> bool {
+        let Ok(mut m) = self.0.lock() else {
+            return false;
+        };
+        m.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        let e = m.entry(user.to_string()).or_insert((now, 0));
+        e.1 += 1;
+        e.1 <= Self::PER_MINUTE
+    }
+}
+
+/// A user name for the log: quoted, or `<not a user name>` when it is no valid one (a
+/// token or a password typed in the wrong field must not land in the log).
+fn shown_name(name: &str) -> String {
+    if crate::manifest::check_name(name).is_ok() {
+        format!("{name:?}")
+    } else {
+        "<not a user name>".into()
+    }
+}
+
 /// Does the request carry a personal API token (Bearer, or as the Basic password)?
 fn by_token(h: &HeaderMap) -> bool {
     let Some(a) = header_str(h, header::AUTHORIZATION) else {
@@ -348,7 +380,15 @@ impl Proxy {
             asks: Flights::default(),
             tls: None,
             cookie: request::cookie_name(false),
+            oidc: None,
+            token_changes: TokenChanges::default(),
         }
+    }
+
+    /// Offer single sign-on with these settings.
+    pub fn with_oidc(mut self, settings: oidc::OidcSettings) -> Proxy {
+        self.oidc = Some(Arc::new(oidc::Oidc::new(settings)));
+        self
     }
 
     /// Does it serve HTTPS?
@@ -663,6 +703,9 @@ impl Proxy {
             client.to_string(),
         );
         let via = via.to_string();
+        // A user name field holding something secret-looking (a token typed in the wrong
+        // field) is not logged as it is.
+        let shown = shown_name(user);
         // One check, one log line, however many requests wait for it.
         let verdict = self
             .verifying
@@ -670,10 +713,10 @@ impl Proxy {
                 let v = me.auth.verify(&name, secret.expose(), &from).await;
                 match &v {
                     Verdict::Denied => {
-                        log::warn!("login failed for user {name:?} from {from} ({via})")
+                        log::warn!("login failed for user {shown} from {from} ({via})")
                     }
                     Verdict::Limited { .. } => {
-                        log::warn!("login refused for user {name:?} from {from}: rate limited")
+                        log::warn!("login refused for user {shown} from {from}: rate limited")
                     }
                     Verdict::Valid { .. } | Verdict::Unavailable => {}
                 }
@@ -847,13 +890,15 @@ impl Proxy {
                 }
                 Auth::User(user)
             }
+            // One line per check at PID 1 (which logs nothing for these) would let anyone
+            // flood the log: debug only.
             (Verdict::Limited { retry_after }, _) => {
-                log::info!("token refused from {client}: rate limited");
+                log::debug!("token refused from {client}: rate limited");
                 Auth::Limited(retry_after)
             }
             (Verdict::Unavailable, _) => Auth::Unavailable,
             _ => {
-                log::info!("token refused from {client}");
+                log::debug!("token refused from {client}");
                 Auth::Denied
             }
         }
@@ -863,6 +908,15 @@ impl Proxy {
     async fn tokens_page(self: &Arc<Self>, req: Request<Incoming>, user: &str) -> Response<Body> {
         let mut fresh = None;
         let mut error = None;
+        if req.method() == hyper::Method::POST && !self.token_changes.allow(user, Instant::now()) {
+            let mut r = html(
+                StatusCode::TOO_MANY_REQUESTS,
+                pages::tokens(user, &[], None, Some("Too many changes; wait a minute.")),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            return r;
+        }
         if req.method() == hyper::Method::POST {
             let body = tokio::time::timeout(
                 FORM_TIMEOUT,
@@ -882,6 +936,11 @@ impl Proxy {
                         }
                         Err(e) => error = Some(e),
                     }
+                }
+                Some(request::TokenForm::Revoke { id })
+                    if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                {
+                    error = Some("No such token.".into());
                 }
                 Some(request::TokenForm::Revoke { id }) => {
                     if let Err(e) = self.auth.revoke_token(user, &id).await {
@@ -969,7 +1028,12 @@ impl Proxy {
         // nothing: no login, no logout, no request with a user's credentials.
         if matches!(
             kind,
-            Kind::LoginSubmit | Kind::Logout | Kind::Opencode | Kind::Tokens
+            Kind::LoginSubmit
+                | Kind::Logout
+                | Kind::Opencode
+                | Kind::Tokens
+                | Kind::DeviceCode
+                | Kind::DeviceToken
         ) {
             if let Err(why) = self.same_origin(h, req.method().as_str(), https) {
                 log::debug!(
@@ -1028,7 +1092,7 @@ impl Proxy {
                     .and_then(|q| request::form_value(q, "next"))
                     .map(|n| request::safe_next(&n))
                     .unwrap_or_else(|| "/".into());
-                html(StatusCode::OK, pages::login(&next, None, no_users))
+                html(StatusCode::OK, self.login_page(&next, None, no_users))
             }
             Kind::LoginSubmit => {
                 let r = self.login(req, &client, https, no_users).await;
@@ -1038,6 +1102,9 @@ impl Proxy {
                 r
             }
             Kind::Logout => self.logout(&req, https),
+            Kind::OidcLogin => self.oidc_begin(&req, https),
+            Kind::OidcCallback => self.oidc_callback(&req, https, &client).await,
+            Kind::DeviceCode | Kind::DeviceToken => self.device(req, kind, &client).await,
             Kind::Tokens => match self.authenticate(req.headers(), &client).await {
                 // Tokens are managed with the password (a leaked token must not mint more).
                 Auth::User(_) if by_token(req.headers()) => json(
@@ -1111,6 +1178,240 @@ impl Proxy {
         }
     }
 
+    /// A new browser session for `user`: kept here and (queued) at PID 1; its Set-Cookie.
+    fn open_session(&self, user: &str, fingerprint: &str, https: bool) -> Option<String> {
+        let token = session::new_token().ok()?;
+        let id = session::id_of(&token);
+        let now = Instant::now();
+        if let Ok(mut s) = self.sessions.lock() {
+            s.insert(id.clone(), user, fingerprint, now);
+        }
+        let copy = Session {
+            user: user.to_string(),
+            fingerprint: fingerprint.to_string(),
+            created: now,
+            last_seen: now,
+        };
+        self.queue(|p| p.put.push((id, copy)));
+        Some(format!(
+            "{}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+            self.cookie,
+            self.settings.session_max_age.as_secs(),
+            if https { "; Secure" } else { "" }
+        ))
+    }
+
+    /// The login page, with single sign-on when it is configured.
+    fn login_page(&self, next: &str, error: Option<&str>, no_users: bool) -> String {
+        match &self.oidc {
+            Some(o) => pages::login_sso(
+                next,
+                error,
+                no_users,
+                Some(&pages::Sso {
+                    name: &o.settings.provider_name,
+                    available: o.available(),
+                    passwords: o.settings.password_login,
+                }),
+            ),
+            None => pages::login(next, error, no_users),
+        }
+    }
+
+    /// `GET /_occ/oidc/login?next=…`: to the provider, with the flow bound to this browser.
+    fn oidc_begin(&self, req: &Request<Incoming>, https: bool) -> Response<Body> {
+        let Some(o) = &self.oidc else {
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found"}),
+            );
+        };
+        let next = req
+            .uri()
+            .query()
+            .and_then(|q| request::form_value(q, "next"))
+            .map(|n| request::safe_next(&n))
+            .unwrap_or_else(|| "/".into());
+        match o.begin(&next) {
+            Ok((url, binding)) => {
+                let mut r = redirect(&url);
+                let cookie = format!(
+                    "{}={binding}; HttpOnly; SameSite=Lax; Path=/_occ/oidc/; Max-Age={}{}",
+                    oidc::FLOW_COOKIE,
+                    oidc::FLOW_TTL.as_secs(),
+                    if https { "; Secure" } else { "" }
+                );
+                if let Ok(v) = HeaderValue::from_str(&cookie) {
+                    r.headers_mut().insert(header::SET_COOKIE, v);
+                }
+                r
+            }
+            Err(f) => html(
+                StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                pages::sso_failed(&f.message),
+            ),
+        }
+    }
+
+    /// `GET /_occ/oidc/callback`: verify, ask PID 1 which user this is, open her session.
+    async fn oidc_callback(
+        &self,
+        req: &Request<Incoming>,
+        https: bool,
+        client: &str,
+    ) -> Response<Body> {
+        let Some(o) = &self.oidc else {
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found"}),
+            );
+        };
+        let query = req.uri().query().unwrap_or("");
+        let binding = req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|c| request::session_cookie_named(std::iter::once(c), oidc::FLOW_COOKIE));
+        let clear = format!(
+            "{}=; HttpOnly; SameSite=Lax; Path=/_occ/oidc/; Max-Age=0{}",
+            oidc::FLOW_COOKIE,
+            if https { "; Secure" } else { "" }
+        );
+        let failed = |status: u16, message: &str| {
+            let mut r = html(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+                pages::sso_failed(message),
+            );
+            if let Ok(v) = HeaderValue::from_str(&clear) {
+                r.headers_mut().append(header::SET_COOKIE, v);
+            }
+            r
+        };
+        let (who, next) = match o.finish(&self.auth, query, binding.as_deref()).await {
+            Ok(w) => w,
+            Err(f) => {
+                log::warn!("oidc: sign-in from {client} refused: {}", f.message);
+                return failed(f.status, &f.message);
+            }
+        };
+        let identity = crate::oidc::Identity {
+            issuer: o.settings.issuer.clone(),
+            sub: who.sub.clone(),
+            username: who.username.clone(),
+            groups: who.groups.clone(),
+        };
+        let (user, fingerprint) = match self.auth.oidc_login(&identity).await {
+            Ok(u) => u,
+            Err(why) => {
+                log::warn!(
+                    "oidc: {:?} (sub {:?}) from {client} gets no session: {why}",
+                    who.username,
+                    who.sub
+                );
+                return failed(403, &format!("You cannot sign in here: {why}."));
+            }
+        };
+        let Some(cookie) = self.open_session(&user, &fingerprint, https) else {
+            return unavailable("cannot create a session");
+        };
+        log::info!(
+            "{user:?} signed in with {} from {client}",
+            o.settings.provider_name
+        );
+        let mut r = html(StatusCode::OK, pages::signed_in(&user, &next));
+        for c in [cookie, clear] {
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                r.headers_mut().append(header::SET_COOKIE, v);
+            }
+        }
+        r
+    }
+
+    /// The device endpoints: a device code (relayed from the provider), then polls until the
+    /// person approved; the answer is a personal API token of the container user.
+    async fn device(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        kind: Kind,
+        client: &str,
+    ) -> Response<Body> {
+        let Some(o) = self.oidc.clone() else {
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found"}),
+            );
+        };
+        let oauth_error = |status: u16, code: &str, description: &str| {
+            json(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                serde_json::json!({"error": code, "error_description": description}),
+            )
+        };
+        if kind == Kind::DeviceCode {
+            return match o.device_code(&self.auth, client).await {
+                Ok(v) => json(StatusCode::OK, v),
+                Err(f) => oauth_error(
+                    f.status,
+                    if f.status == 501 {
+                        "unsupported"
+                    } else {
+                        "server_error"
+                    },
+                    &f.message,
+                ),
+            };
+        }
+        let body = tokio::time::timeout(
+            FORM_TIMEOUT,
+            Limited::new(req.into_body(), MAX_FORM).collect(),
+        )
+        .await;
+        let code = match body {
+            Ok(Ok(c)) => {
+                request::form_value(&String::from_utf8_lossy(&c.to_bytes()), "device_code")
+            }
+            _ => None,
+        };
+        let Some(code) = code.filter(|c| !c.is_empty() && c.len() <= 256) else {
+            return oauth_error(400, "invalid_request", "send device_code=… as a form");
+        };
+        let who = match o.device_token(&self.auth, &code).await {
+            Ok(w) => w,
+            Err((status, code, why)) => return oauth_error(status, code, &why),
+        };
+        let identity = crate::oidc::Identity {
+            issuer: o.settings.issuer.clone(),
+            sub: who.sub.clone(),
+            username: who.username.clone(),
+            groups: who.groups.clone(),
+        };
+        let user = match self.auth.oidc_login(&identity).await {
+            Ok((u, _)) => u,
+            Err(why) => {
+                log::warn!(
+                    "oidc: device login of {:?} from {client} refused: {why}",
+                    who.username
+                );
+                return oauth_error(403, "access_denied", &why);
+            }
+        };
+        match self.auth.create_token(&user, "device login", "90d").await {
+            Ok(token) => {
+                log::info!(
+                    "{user:?} signed in by device login with {} from {client}",
+                    o.settings.provider_name
+                );
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"access_token": token.expose(), "token_type": "Bearer",
+                        "expires_in": 90 * 86_400, "user": user}),
+                )
+            }
+            Err(why) => oauth_error(500, "server_error", &why),
+        }
+    }
+
     async fn login(
         self: &Arc<Self>,
         req: Request<Incoming>,
@@ -1128,13 +1429,13 @@ impl Proxy {
             Ok(Err(_)) => {
                 return html(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    pages::login("/", Some("That form was too large."), no_users),
+                    self.login_page("/", Some("That form was too large."), no_users),
                 )
             }
             Err(_) => {
                 return html(
                     StatusCode::REQUEST_TIMEOUT,
-                    pages::login("/", Some("The form took too long to arrive."), no_users),
+                    self.login_page("/", Some("The form took too long to arrive."), no_users),
                 )
             }
         };
@@ -1143,37 +1444,31 @@ impl Proxy {
         let Some(form) = form else {
             return html(
                 StatusCode::BAD_REQUEST,
-                pages::login("/", Some("Enter a username and a password."), no_users),
+                self.login_page("/", Some("Enter a username and a password."), no_users),
             );
         };
+        // A token opens no browser session: it would outlive its revocation and could mint
+        // more tokens on the tokens page.
+        if crate::tokens::looks_like_token(&form.password) {
+            return html(
+                StatusCode::UNAUTHORIZED,
+                self.login_page(
+                    &form.next,
+                    Some("That is a personal API token: sign in here with your password."),
+                    no_users,
+                ),
+            );
+        }
         let verdict = self
             .verify(&form.username, &form.password, client, "login form")
             .await;
         match verdict {
             Verdict::Valid { fingerprint } => {
-                let Ok(token) = session::new_token() else {
+                let Some(cookie) = self.open_session(&form.username, &fingerprint, https) else {
                     return unavailable("cannot create a session");
                 };
-                let id = session::id_of(&token);
-                let now = Instant::now();
-                if let Ok(mut s) = self.sessions.lock() {
-                    s.insert(id.clone(), &form.username, &fingerprint, now);
-                }
-                let copy = Session {
-                    user: form.username.clone(),
-                    fingerprint: fingerprint.clone(),
-                    created: now,
-                    last_seen: now,
-                };
-                self.queue(|p| p.put.push((id, copy)));
                 log::info!("{:?} logged in from {client}", form.username);
                 let mut r = redirect(&form.next);
-                let cookie = format!(
-                    "{}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
-                    self.cookie,
-                    self.settings.session_max_age.as_secs(),
-                    if https { "; Secure" } else { "" }
-                );
                 if let Ok(v) = HeaderValue::from_str(&cookie) {
                     r.headers_mut().insert(header::SET_COOKIE, v);
                 }
@@ -1181,11 +1476,11 @@ impl Proxy {
             }
             Verdict::Denied => html(
                 StatusCode::UNAUTHORIZED,
-                pages::login(&form.next, Some("Invalid username or password."), no_users),
+                self.login_page(&form.next, Some("Invalid username or password."), no_users),
             ),
             Verdict::Limited { retry_after } => too_many(
                 retry_after,
-                Some(pages::login(
+                Some(self.login_page(
                     &form.next,
                     Some(&format!(
                         "Too many failed attempts. Try again in {retry_after} seconds."
@@ -1689,6 +1984,9 @@ pub async fn serve(
     proxy: Arc<Proxy>,
 ) {
     proxy.load_sessions().await;
+    if let Some(o) = proxy.oidc.clone() {
+        tokio::spawn(o.keep_discovered(proxy.auth.clone()));
+    }
     tokio::spawn(proxy.clone().sync_sessions());
     tokio::spawn(proxy.clone().revalidate());
     tokio::spawn(proxy.clone().report_activity());
