@@ -211,3 +211,239 @@ fn sign_in_with_the_provider_lands_in_opencode_and_refuses_the_rest() {
     drop(provider);
     sb.assert_host_untouched();
 }
+
+/// `oidc_create_users`: newbie is created at her first sign-in (no usable password) and her
+/// `sub` is pinned; another identity calling itself newbie is refused; a locked user is
+/// refused; an ID token the provider issued already expired (its clock 2 h behind) gives no
+/// session; with `password_login = false` the password form is gone and Basic passwords are
+/// refused while tokens still work.
+#[test]
+fn created_users_are_pinned_and_bad_tokens_give_no_session() {
+    let Some((pdir, bdir)) = deps() else { return };
+    let (sb, port, public) = sso_sandbox(&fake(), "");
+    let provider = Provider::start(&pdir, &public, 0);
+    let mut init = boot_sso(
+        &sb,
+        &public,
+        &provider.issuer(),
+        "oidc_create_users = true\npassword_login = false\n",
+    );
+    add_user(&sb, &init, "alice", "alice sso pw 2");
+    assert!(provider_seen(&sb, &init, true), "{}", init.stderr_text());
+    let signed_in = |seen: &serde_json::Value| {
+        seen["cookies"].as_array().unwrap().iter().any(|c| c["name"] == "occ_session")
+    };
+    let seen = browse(&bdir, "browser", &format!("{public}/"), "newbie", "oidc-newbie-");
+    assert!(signed_in(&seen), "{seen}\n{}", init.stderr_text());
+    assert!(sb.passwd_line("newbie").is_some(), "newbie was not created");
+    init.expect_log("created user \"newbie\"");
+    // The login page offers only the provider.
+    assert!(!seen["loginPage"].as_str().unwrap().contains("Password"), "{seen}");
+    let pins = std::fs::read_to_string(sb.manifest().with_file_name("oidc.json")).unwrap();
+    assert!(pins.contains("\"newbie\"") && pins.contains("\"sub\": \"newbie\""), "{pins}");
+    // Another identity (sub "impostor") with the same preferred_username.
+    let seen = browse(&bdir, "browser", &format!("{public}/"), "impostor", "oidc-impostor-");
+    assert!(!signed_in(&seen), "{seen}");
+    assert!(seen["text"].as_str().unwrap().contains("bound to another identity"), "{seen}");
+    // A user name that is no user name.
+    let seen = browse(&bdir, "browser", &format!("{public}/"), "badname", "oidc-badname-");
+    assert!(!signed_in(&seen), "{seen}");
+    // Locked.
+    assert!(sb.exec(&init, &["user", "lock", "alice"], None).status.success());
+    let seen = browse(&bdir, "browser", &format!("{public}/"), "alice", "oidc-locked-");
+    assert!(!signed_in(&seen), "{seen}");
+    assert!(seen["text"].as_str().unwrap().contains("locked"), "{seen}");
+    assert!(sb.exec(&init, &["user", "unlock", "alice"], None).status.success());
+    // Passwords refused (password_login = false); a token still works.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(http(port, "GET", "/x", &basic("alice", "alice sso pw 2"), "").status, 401);
+    let out = sb.exec(&init, &["token", "create", "alice", "--name", "t"], None);
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        http(port, "GET", "/x", &format!("Authorization: Bearer {token}\r\n"), "").status,
+        200
+    );
+    drop(provider);
+
+    // A provider whose clock is two hours behind issues ID tokens that expired long ago.
+    let behind = Provider::start(&pdir, &public, -7200);
+    let mut t = std::fs::read_to_string(sb.path("occ/init.toml")).unwrap();
+    t = t.replace(&format!("http://127.0.0.1:{}", provider_port(&t)), &behind.issuer());
+    std::fs::write(sb.path("occ/init.toml"), t).unwrap();
+    drop(init);
+    let mut init = sb.boot(&[], &[]);
+    assert!(provider_seen(&sb, &init, true), "{}", init.stderr_text());
+    let seen = browse(&bdir, "browser", &format!("{public}/"), "alice", "oidc-expired-");
+    assert!(!signed_in(&seen), "an expired ID token signed in: {seen}");
+    assert!(seen["text"].as_str().unwrap().contains("did not verify"), "{seen}");
+    init.expect_log("ID token refused");
+    drop(init);
+    drop(behind);
+    sb.assert_host_untouched();
+}
+
+/// The port of the issuer in a config text.
+fn provider_port(conf: &str) -> u16 {
+    conf.lines()
+        .find_map(|l| l.strip_prefix("oidc_issuer = 'http://127.0.0.1:"))
+        .and_then(|r| r.trim_end_matches('\'').parse().ok())
+        .expect("issuer port")
+}
+
+/// Device login (RFC 8628, relayed): a device code, `authorization_pending` until the person
+/// approves at the provider (in chromium), polling too fast is `slow_down`, then a personal
+/// API token of the container user that works as Bearer and as her Basic password; the
+/// device code is usable once; revoking the token ends it.
+#[test]
+fn device_login_gives_a_token_that_works_until_revoked() {
+    let Some((pdir, bdir)) = deps() else { return };
+    let (sb, port, public) = sso_sandbox(&fake(), "");
+    let provider = Provider::start(&pdir, &public, 0);
+    let mut init = boot_sso(&sb, &public, &provider.issuer(), "");
+    add_user(&sb, &init, "alice", "alice device pw 1");
+    assert!(provider_seen(&sb, &init, true), "{}", init.stderr_text());
+    let r = http(port, "POST", "/_occ/device/code", "", "");
+    assert_eq!(r.status, 200, "{r:?}\n{}", init.stderr_text());
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let code = v["device_code"].as_str().unwrap().to_string();
+    let complete = v["verification_uri_complete"].as_str().unwrap().to_string();
+    assert!(v["user_code"].is_string() && v["interval"] == 5, "{v}");
+    let poll = || {
+        http(
+            port,
+            "POST",
+            "/_occ/device/token",
+            "Content-Type: application/x-www-form-urlencoded\r\n",
+            &format!("device_code={code}"),
+        )
+    };
+    let r = poll();
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("authorization_pending"), "{r:?}");
+    let r = poll();
+    assert!(r.body.contains("slow_down"), "{r:?}");
+    let seen = browse(&bdir, "device", &complete, "alice", "oidc-device-");
+    assert!(seen["error"].is_null(), "{seen}");
+    // Wait out the interval (5 s + the slow_down's 5 s), then the token.
+    let mut answer = None;
+    let end = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_secs(11));
+        let r = poll();
+        if r.status == 200 {
+            answer = Some(r);
+            break;
+        }
+        assert!(r.body.contains("authorization_pending") || r.body.contains("slow_down"), "{r:?}");
+    }
+    let r = answer.unwrap_or_else(|| panic!("no token; {seen}\n{}", init.stderr_text()));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["user"], "alice");
+    assert_eq!(v["token_type"], "Bearer");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    assert_eq!(http(port, "GET", "/x", &format!("Authorization: Bearer {token}\r\n"), "").status, 200);
+    assert_eq!(http(port, "GET", "/x", &basic("alice", &token), "").status, 200);
+    // Usable once.
+    let r = poll();
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("invalid_grant"), "{r:?}");
+    // Revoked: gone.
+    let out = sb.exec(&init, &["token", "list", "alice", "--json"], None);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = list["tokens"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list["tokens"][0]["name"], "device login");
+    assert!(sb.exec(&init, &["token", "revoke", &id], None).status.success());
+    assert!(eventually(Duration::from_secs(5), || http(
+        port,
+        "GET",
+        "/x",
+        &format!("Authorization: Bearer {token}\r\nAccept: application/json\r\n"),
+        ""
+    )
+    .status
+        == 401));
+    let log = init.stderr_text();
+    assert!(!log.contains(&token[16..]), "the token in the log");
+    drop(init);
+    drop(provider);
+    sb.assert_host_untouched();
+}
+
+/// The provider down: status says so with the last error, the login page says so, password
+/// logins work; back up, it is found again. A provider that answers 10 MB or hangs is
+/// refused with a clear error and nothing hangs.
+#[test]
+fn a_provider_that_is_down_or_hostile_costs_password_logins_nothing() {
+    let Some((pdir, _)) = deps() else { return };
+    let (sb, port, public) = sso_sandbox(&fake(), "");
+    let pport = free_port();
+    let provider = Provider::start_on(&pdir, pport, &public, 0);
+    let mut init = boot_sso(&sb, &public, &provider.issuer(), "");
+    add_user(&sb, &init, "alice", "alice down pw 1");
+    assert!(provider_seen(&sb, &init, true), "{}", init.stderr_text());
+    drop(provider);
+    // Discovery is re-read every 10 minutes once it worked; a sign-in meanwhile fails at the
+    // provider. Restart occ-init so it looks now (backoff 1 s, 2 s, 4 s …).
+    drop(init);
+    let mut init = sb.boot(&[], &[]);
+    assert!(provider_seen(&sb, &init, false), "{}", init.stderr_text());
+    let st = status_json(&sb, &init);
+    assert!(st["security"]["oidc"]["error"].as_str().unwrap().contains("cannot connect"), "{st}");
+    let r = http(port, "GET", "/_occ/login", "", "");
+    assert!(r.body.contains("Test IdP cannot be reached right now"), "{}", r.body);
+    assert!(support::front::answers(port, "/x", &basic("alice", "alice down pw 1"), 200, Duration::from_secs(10)));
+    let r = http(port, "GET", "/_occ/oidc/login?next=/", "", "");
+    assert_eq!(r.status, 503, "{r:?}");
+    // Back: found again within the backoff.
+    let provider = Provider::start_on(&pdir, pport, &public, 0);
+    assert!(provider_seen(&sb, &init, true), "{}", init.stderr_text());
+    drop(provider);
+    drop(init);
+
+    // A hostile "provider": 10 MB of discovery, or no answer at all.
+    for hostile in ["huge", "hang"] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let hport = l.local_addr().unwrap().port();
+        let kind = hostile.to_string();
+        std::thread::spawn(move || {
+            for c in l.incoming().take(20) {
+                let Ok(mut c) = c else { continue };
+                let kind = kind.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = [0u8; 4096];
+                    let _ = c.read(&mut buf);
+                    if kind == "huge" {
+                        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10485760\r\n\r\n");
+                        let chunk = vec![b' '; 65536];
+                        for _ in 0..160 {
+                            if c.write_all(&chunk).is_err() {
+                                break;
+                            }
+                        }
+                    } else {
+                        std::thread::sleep(Duration::from_secs(30));
+                    }
+                });
+            }
+        });
+        let mut t = std::fs::read_to_string(sb.path("occ/init.toml")).unwrap();
+        t = t.replace(&format!("http://127.0.0.1:{}", provider_port(&t)), &format!("http://127.0.0.1:{hport}"));
+        std::fs::write(sb.path("occ/init.toml"), t).unwrap();
+        let init = sb.boot(&[], &[]);
+        assert!(provider_seen(&sb, &init, false));
+        let st = status_json(&sb, &init);
+        let err = st["security"]["oidc"]["error"].as_str().unwrap_or("").to_string();
+        let want = if hostile == "huge" { "larger than" } else { "no answer" };
+        assert!(
+            eventually(Duration::from_secs(30), || status_json(&sb, &init)["security"]["oidc"]["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains(want)),
+            "{hostile}: {err}"
+        );
+        assert!(support::front::answers(port, "/x", &basic("alice", "alice down pw 1"), 200, Duration::from_secs(10)));
+        drop(init);
+    }
+    sb.assert_host_untouched();
+}

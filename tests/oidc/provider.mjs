@@ -44,6 +44,9 @@ const provider = new Provider(issuer, {
     deviceFlow: { enabled: true },
   },
   pkce: { required: () => true },
+  // Long-lived interactions and sessions: with a shifted clock the browser (on the real one)
+  // must still keep the provider's cookies; the ID token keeps its default hour.
+  ttl: { Interaction: 86400, Session: 14 * 86400, Grant: 14 * 86400 },
   async findAccount(ctx, id) {
     const claims = accounts[id];
     if (!claims) return undefined;
