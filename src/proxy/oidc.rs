@@ -228,6 +228,12 @@ where
     Ok(Fetched { status, body })
 }
 
+/// Does `raw` parse as an ID token (a JWS with claims)? Nothing is verified; for the fuzz
+/// target and tests of hostile input.
+pub fn parses_as_id_token(raw: &str) -> bool {
+    serde_json::from_value::<Token>(serde_json::Value::String(raw.to_string())).is_ok()
+}
+
 /// Base64url without padding of SHA-256 (PKCE S256, cookie bindings).
 pub fn s256(text: &str) -> String {
     use base64::Engine;
