@@ -1555,6 +1555,27 @@ pub fn check(config_path: Option<&Path>, overrides: &Overrides) -> i32 {
         }
     );
     let tls_ok = check_tls(&cfg);
+    let oidc_ok = match (&cfg.oidc_issuer, &cfg.oidc_client_secret_file) {
+        (Some(issuer), Some(file)) => match crate::oidc::read_secret(file) {
+            Ok(_) => {
+                println!(
+                    "# OIDC: {issuer} (client {}), redirect URI {}/_occ/oidc/callback, client secret readable",
+                    cfg.oidc_client_id.as_deref().unwrap_or("?"),
+                    cfg.public_url.as_deref().unwrap_or("?").trim_end_matches('/')
+                );
+                true
+            }
+            Err(e) => {
+                println!("# OIDC: {issuer} — the client secret is UNREADABLE");
+                eprintln!("occ-init: {e}");
+                false
+            }
+        },
+        _ => {
+            println!("# OIDC: off");
+            true
+        }
+    };
     match crate::tokens::Tokens::load(&cfg.tokens_path()) {
         Ok(t) => println!(
             "# personal API tokens {}: {}",
@@ -1566,7 +1587,7 @@ pub fn check(config_path: Option<&Path>, overrides: &Overrides) -> i32 {
             eprintln!("occ-init: {e}");
         }
     }
-    if ok && tls_ok {
+    if ok && tls_ok && oidc_ok {
         0
     } else {
         1

@@ -1002,6 +1002,63 @@ mod tests {
     }
 
     #[test]
+    fn oidc_settings_hang_together() {
+        let ok = [
+            ("OCC_OIDC_ISSUER", "https://idp.example/realms/main"),
+            ("OCC_OIDC_CLIENT_ID", "opencode"),
+            ("OCC_OIDC_CLIENT_SECRET_FILE", "/etc/occ/oidc-secret"),
+            ("OCC_PUBLIC_URL", "https://ide.example"),
+            ("OCC_OIDC_ALLOWED_GROUPS", "devs, ops"),
+            ("OCC_OIDC_SCOPES", "openid profile groups"),
+        ];
+        let c = Config::build(None, &env(&ok), &Overrides::default()).unwrap();
+        assert_eq!(c.oidc_allowed_groups, ["devs", "ops"]);
+        assert_eq!(c.oidc_scopes, ["openid", "profile", "groups"]);
+        assert!(c.password_login && !c.oidc_create_users);
+        for (drop, add, want) in [
+            ("OCC_OIDC_CLIENT_ID", None, "oidc_client_id"),
+            (
+                "OCC_OIDC_CLIENT_SECRET_FILE",
+                None,
+                "oidc_client_secret_file",
+            ),
+            ("OCC_PUBLIC_URL", None, "public_url"),
+            (
+                "",
+                Some(("OCC_OIDC_ISSUER", "http://idp.example")),
+                "loopback",
+            ),
+            ("", Some(("OCC_PUBLIC_URL", "ide.example")), "not a URL"),
+            ("", Some(("OCC_OIDC_SCOPES", "profile")), "openid"),
+            ("", Some(("OCC_AUTH", "none")), "auth = proxy"),
+            ("", Some(("OCC_OIDC_USERNAME_CLAIM", "a b")), "claim"),
+        ] {
+            let mut e: Vec<(&str, &str)> = ok.iter().copied().filter(|(k, _)| *k != drop).collect();
+            if let Some((k, v)) = add {
+                e.retain(|(x, _)| *x != k);
+                e.push((k, v));
+            }
+            let err = Config::build(None, &env(&e), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{drop} {add:?}: {err}");
+        }
+        let e = Config::build(
+            None,
+            &env(&[("OCC_PASSWORD_LOGIN", "false")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs oidc_issuer"), "{e}");
+        // Loopback http is allowed (a provider on this machine).
+        let mut local = ok.to_vec();
+        local.retain(|(k, _)| *k != "OCC_OIDC_ISSUER");
+        local.push(("OCC_OIDC_ISSUER", "http://127.0.0.1:4000"));
+        assert!(Config::build(None, &env(&local), &Overrides::default()).is_ok());
+    }
+
+    #[test]
     fn defaults_match_opencode_cloud() {
         let c = Config::build(None, &env(&[]), &Overrides::default()).unwrap();
         assert_eq!(c, Config::default());

@@ -28,12 +28,23 @@ fn deps() -> Option<(PathBuf, PathBuf)> {
         && browser.join("node_modules/playwright-core").exists()
         && Path::new("/usr/bin/chromium").exists();
     if !ready {
-        assert!(std::env::var_os("CI").is_none(), "tests/deps installs oidc-provider");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tests/deps installs oidc-provider"
+        );
         eprintln!("SKIPPED: oidc-provider, playwright-core or chromium missing");
         return None;
     }
-    std::fs::copy(root().join("tests/oidc/provider.mjs"), oidc.join("provider.mjs")).unwrap();
-    std::fs::copy(root().join("tests/browser/oidc.mjs"), browser.join("oidc.mjs")).unwrap();
+    std::fs::copy(
+        root().join("tests/oidc/provider.mjs"),
+        oidc.join("provider.mjs"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root().join("tests/browser/oidc.mjs"),
+        browser.join("oidc.mjs"),
+    )
+    .unwrap();
     Some((oidc, browser))
 }
 
@@ -163,49 +174,130 @@ fn sign_in_with_the_provider_lands_in_opencode_and_refuses_the_rest() {
     let Some((pdir, bdir)) = deps() else { return };
     let (sb, port, public) = sso_sandbox(&format!("['{bin}', 'serve']"), "");
     let provider = Provider::start(&pdir, &public, 0);
-    let mut init = boot_sso(&sb, &public, &provider.issuer(), "oidc_allowed_groups = ['devs']\n");
+    let mut init = boot_sso(
+        &sb,
+        &public,
+        &provider.issuer(),
+        "oidc_allowed_groups = ['devs']\n",
+    );
     add_user(&sb, &init, "alice", "alice sso pw 1");
     init.expect_log_within("opencode is ready", Duration::from_secs(120));
     assert!(provider_seen(&sb, &init, true), "{}", init.stderr_text());
 
-    let seen = browse(&bdir, "browser", &format!("{public}/"), "alice", "oidc-alice-");
-    assert!(seen["loginPage"].as_str().unwrap_or("").contains("Sign in with Test IdP"), "{seen}");
-    assert_eq!(seen["title"], "OpenCode", "{seen}\nlog:\n{}", init.stderr_text());
-    assert!(seen["cookies"].as_array().unwrap().iter().any(|c| c["name"] == "occ_session"), "{seen}");
+    let seen = browse(
+        &bdir,
+        "browser",
+        &format!("{public}/"),
+        "alice",
+        "oidc-alice-",
+    );
+    assert!(
+        seen["loginPage"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Sign in with Test IdP"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["title"],
+        "OpenCode",
+        "{seen}\nlog:\n{}",
+        init.stderr_text()
+    );
+    assert!(
+        seen["cookies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "occ_session"),
+        "{seen}"
+    );
     init.expect_log("\"alice\" signed in with Test IdP");
 
     // The callback, replayed with the browser's own flow cookie: used up, no session.
-    let cb = seen["callbackUrl"].as_str().expect("the callback URL").to_string();
-    let path = cb.split_once(&format!("localhost:{port}")).unwrap().1.to_string();
+    let cb = seen["callbackUrl"]
+        .as_str()
+        .expect("the callback URL")
+        .to_string();
+    let path = cb
+        .split_once(&format!("localhost:{port}"))
+        .unwrap()
+        .1
+        .to_string();
     let cookie = seen["callbackCookie"].as_str().unwrap_or("").to_string();
     let r = http(port, "GET", &path, &format!("Cookie: {cookie}\r\n"), "");
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.body.contains("already used"), "{}", r.body);
-    assert!(!r.head.contains("occ_session=") || r.head.contains("occ_session=;"), "{r:?}");
+    assert!(
+        !r.head.contains("occ_session=") || r.head.contains("occ_session=;"),
+        "{r:?}"
+    );
     // A tampered state.
     let tampered = path.replace("state=", "state=x");
     let r = http(port, "GET", &tampered, &format!("Cookie: {cookie}\r\n"), "");
     assert_eq!(r.status, 400, "{r:?}");
 
     // ghost: no such user here.
-    let seen = browse(&bdir, "browser", &format!("{public}/"), "ghost", "oidc-ghost-");
+    let seen = browse(
+        &bdir,
+        "browser",
+        &format!("{public}/"),
+        "ghost",
+        "oidc-ghost-",
+    );
     let t = seen["text"].as_str().unwrap_or("");
     assert!(t.contains("occ-init user add ghost"), "{seen}");
-    assert!(!seen["cookies"].as_array().unwrap().iter().any(|c| c["name"] == "occ_session"), "{seen}");
+    assert!(
+        !seen["cookies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "occ_session"),
+        "{seen}"
+    );
     // eve: not in an allowed group.
     let seen = browse(&bdir, "browser", &format!("{public}/"), "eve", "oidc-eve-");
-    assert!(seen["text"].as_str().unwrap_or("").contains("not in a group allowed here"), "{seen}");
-    assert!(!seen["cookies"].as_array().unwrap().iter().any(|c| c["name"] == "occ_session"), "{seen}");
+    assert!(
+        seen["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not in a group allowed here"),
+        "{seen}"
+    );
+    assert!(
+        !seen["cookies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "occ_session"),
+        "{seen}"
+    );
 
     // Passwords still work; status names the provider and the methods.
-    assert_eq!(http(port, "GET", "/session", &basic("alice", "alice sso pw 1"), "").status, 200);
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            "/session",
+            &basic("alice", "alice sso pw 1"),
+            ""
+        )
+        .status,
+        200
+    );
     let out = sb.exec(&init, &["status"], None);
     let shown = text(&out);
-    assert!(shown.contains(&format!("OIDC:        {} — reachable", provider.issuer())), "{shown}");
+    assert!(
+        shown.contains(&format!("OIDC:        {} — reachable", provider.issuer())),
+        "{shown}"
+    );
     assert!(shown.contains("PAM passwords, OIDC ("), "{shown}");
     // No token or secret in the log.
     let log = init.stderr_text();
-    assert!(!log.contains("occ-test-secret"), "the client secret in the log");
+    assert!(
+        !log.contains("occ-test-secret"),
+        "the client secret in the log"
+    );
     assert!(!log.contains("eyJ"), "a JWT in the log");
     drop(init);
     drop(provider);
@@ -231,36 +323,92 @@ fn created_users_are_pinned_and_bad_tokens_give_no_session() {
     add_user(&sb, &init, "alice", "alice sso pw 2");
     assert!(provider_seen(&sb, &init, true), "{}", init.stderr_text());
     let signed_in = |seen: &serde_json::Value| {
-        seen["cookies"].as_array().unwrap().iter().any(|c| c["name"] == "occ_session")
+        seen["cookies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "occ_session")
     };
-    let seen = browse(&bdir, "browser", &format!("{public}/"), "newbie", "oidc-newbie-");
+    let seen = browse(
+        &bdir,
+        "browser",
+        &format!("{public}/"),
+        "newbie",
+        "oidc-newbie-",
+    );
     assert!(signed_in(&seen), "{seen}\n{}", init.stderr_text());
     assert!(sb.passwd_line("newbie").is_some(), "newbie was not created");
     init.expect_log("created user \"newbie\"");
     // The login page offers only the provider.
-    assert!(!seen["loginPage"].as_str().unwrap().contains("Password"), "{seen}");
+    assert!(
+        !seen["loginPage"].as_str().unwrap().contains("Password"),
+        "{seen}"
+    );
     let pins = std::fs::read_to_string(sb.manifest().with_file_name("oidc.json")).unwrap();
-    assert!(pins.contains("\"newbie\"") && pins.contains("\"sub\": \"newbie\""), "{pins}");
+    assert!(
+        pins.contains("\"newbie\"") && pins.contains("\"sub\": \"newbie\""),
+        "{pins}"
+    );
     // Another identity (sub "impostor") with the same preferred_username.
-    let seen = browse(&bdir, "browser", &format!("{public}/"), "impostor", "oidc-impostor-");
+    let seen = browse(
+        &bdir,
+        "browser",
+        &format!("{public}/"),
+        "impostor",
+        "oidc-impostor-",
+    );
     assert!(!signed_in(&seen), "{seen}");
-    assert!(seen["text"].as_str().unwrap().contains("bound to another identity"), "{seen}");
+    assert!(
+        seen["text"]
+            .as_str()
+            .unwrap()
+            .contains("bound to another identity"),
+        "{seen}"
+    );
     // A user name that is no user name.
-    let seen = browse(&bdir, "browser", &format!("{public}/"), "badname", "oidc-badname-");
+    let seen = browse(
+        &bdir,
+        "browser",
+        &format!("{public}/"),
+        "badname",
+        "oidc-badname-",
+    );
     assert!(!signed_in(&seen), "{seen}");
     // Locked.
-    assert!(sb.exec(&init, &["user", "lock", "alice"], None).status.success());
-    let seen = browse(&bdir, "browser", &format!("{public}/"), "alice", "oidc-locked-");
+    assert!(sb
+        .exec(&init, &["user", "lock", "alice"], None)
+        .status
+        .success());
+    let seen = browse(
+        &bdir,
+        "browser",
+        &format!("{public}/"),
+        "alice",
+        "oidc-locked-",
+    );
     assert!(!signed_in(&seen), "{seen}");
     assert!(seen["text"].as_str().unwrap().contains("locked"), "{seen}");
-    assert!(sb.exec(&init, &["user", "unlock", "alice"], None).status.success());
+    assert!(sb
+        .exec(&init, &["user", "unlock", "alice"], None)
+        .status
+        .success());
     // Passwords refused (password_login = false); a token still works.
     std::thread::sleep(Duration::from_millis(1200));
-    assert_eq!(http(port, "GET", "/x", &basic("alice", "alice sso pw 2"), "").status, 401);
+    assert_eq!(
+        http(port, "GET", "/x", &basic("alice", "alice sso pw 2"), "").status,
+        401
+    );
     let out = sb.exec(&init, &["token", "create", "alice", "--name", "t"], None);
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(
-        http(port, "GET", "/x", &format!("Authorization: Bearer {token}\r\n"), "").status,
+        http(
+            port,
+            "GET",
+            "/x",
+            &format!("Authorization: Bearer {token}\r\n"),
+            ""
+        )
+        .status,
         200
     );
     drop(provider);
@@ -268,14 +416,26 @@ fn created_users_are_pinned_and_bad_tokens_give_no_session() {
     // A provider whose clock is two hours behind issues ID tokens that expired long ago.
     let behind = Provider::start(&pdir, &public, -7200);
     let mut t = std::fs::read_to_string(sb.path("occ/init.toml")).unwrap();
-    t = t.replace(&format!("http://127.0.0.1:{}", provider_port(&t)), &behind.issuer());
+    t = t.replace(
+        &format!("http://127.0.0.1:{}", provider_port(&t)),
+        &behind.issuer(),
+    );
     std::fs::write(sb.path("occ/init.toml"), t).unwrap();
     drop(init);
     let mut init = sb.boot(&[], &[]);
     assert!(provider_seen(&sb, &init, true), "{}", init.stderr_text());
-    let seen = browse(&bdir, "browser", &format!("{public}/"), "alice", "oidc-expired-");
+    let seen = browse(
+        &bdir,
+        "browser",
+        &format!("{public}/"),
+        "alice",
+        "oidc-expired-",
+    );
     assert!(!signed_in(&seen), "an expired ID token signed in: {seen}");
-    assert!(seen["text"].as_str().unwrap().contains("did not verify"), "{seen}");
+    assert!(
+        seen["text"].as_str().unwrap().contains("did not verify"),
+        "{seen}"
+    );
     init.expect_log("ID token refused");
     drop(init);
     drop(behind);
@@ -334,15 +494,31 @@ fn device_login_gives_a_token_that_works_until_revoked() {
             answer = Some(r);
             break;
         }
-        assert!(r.body.contains("authorization_pending") || r.body.contains("slow_down"), "{r:?}");
+        assert!(
+            r.body.contains("authorization_pending") || r.body.contains("slow_down"),
+            "{r:?}"
+        );
     }
     let r = answer.unwrap_or_else(|| panic!("no token; {seen}\n{}", init.stderr_text()));
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["user"], "alice");
     assert_eq!(v["token_type"], "Bearer");
     let token = v["access_token"].as_str().unwrap().to_string();
-    assert_eq!(http(port, "GET", "/x", &format!("Authorization: Bearer {token}\r\n"), "").status, 200);
-    assert_eq!(http(port, "GET", "/x", &basic("alice", &token), "").status, 200);
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            "/x",
+            &format!("Authorization: Bearer {token}\r\n"),
+            ""
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        http(port, "GET", "/x", &basic("alice", &token), "").status,
+        200
+    );
     // Usable once.
     let r = poll();
     assert_eq!(r.status, 400, "{r:?}");
@@ -352,7 +528,10 @@ fn device_login_gives_a_token_that_works_until_revoked() {
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = list["tokens"][0]["id"].as_str().unwrap().to_string();
     assert_eq!(list["tokens"][0]["name"], "device login");
-    assert!(sb.exec(&init, &["token", "revoke", &id], None).status.success());
+    assert!(sb
+        .exec(&init, &["token", "revoke", &id], None)
+        .status
+        .success());
     assert!(eventually(Duration::from_secs(5), || http(
         port,
         "GET",
@@ -388,10 +567,26 @@ fn a_provider_that_is_down_or_hostile_costs_password_logins_nothing() {
     let mut init = sb.boot(&[], &[]);
     assert!(provider_seen(&sb, &init, false), "{}", init.stderr_text());
     let st = status_json(&sb, &init);
-    assert!(st["security"]["oidc"]["error"].as_str().unwrap().contains("cannot connect"), "{st}");
+    assert!(
+        st["security"]["oidc"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{st}"
+    );
     let r = http(port, "GET", "/_occ/login", "", "");
-    assert!(r.body.contains("Test IdP cannot be reached right now"), "{}", r.body);
-    assert!(support::front::answers(port, "/x", &basic("alice", "alice down pw 1"), 200, Duration::from_secs(10)));
+    assert!(
+        r.body.contains("Test IdP cannot be reached right now"),
+        "{}",
+        r.body
+    );
+    assert!(support::front::answers(
+        port,
+        "/x",
+        &basic("alice", "alice down pw 1"),
+        200,
+        Duration::from_secs(10)
+    ));
     let r = http(port, "GET", "/_occ/oidc/login?next=/", "", "");
     assert_eq!(r.status, 503, "{r:?}");
     // Back: found again within the backoff.
@@ -428,21 +623,38 @@ fn a_provider_that_is_down_or_hostile_costs_password_logins_nothing() {
             }
         });
         let mut t = std::fs::read_to_string(sb.path("occ/init.toml")).unwrap();
-        t = t.replace(&format!("http://127.0.0.1:{}", provider_port(&t)), &format!("http://127.0.0.1:{hport}"));
+        t = t.replace(
+            &format!("http://127.0.0.1:{}", provider_port(&t)),
+            &format!("http://127.0.0.1:{hport}"),
+        );
         std::fs::write(sb.path("occ/init.toml"), t).unwrap();
         let init = sb.boot(&[], &[]);
         assert!(provider_seen(&sb, &init, false));
         let st = status_json(&sb, &init);
-        let err = st["security"]["oidc"]["error"].as_str().unwrap_or("").to_string();
-        let want = if hostile == "huge" { "larger than" } else { "no answer" };
+        let err = st["security"]["oidc"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let want = if hostile == "huge" {
+            "larger than"
+        } else {
+            "no answer"
+        };
         assert!(
-            eventually(Duration::from_secs(30), || status_json(&sb, &init)["security"]["oidc"]["error"]
+            eventually(Duration::from_secs(30), || status_json(&sb, &init)
+                ["security"]["oidc"]["error"]
                 .as_str()
                 .unwrap_or("")
                 .contains(want)),
             "{hostile}: {err}"
         );
-        assert!(support::front::answers(port, "/x", &basic("alice", "alice down pw 1"), 200, Duration::from_secs(10)));
+        assert!(support::front::answers(
+            port,
+            "/x",
+            &basic("alice", "alice down pw 1"),
+            200,
+            Duration::from_secs(10)
+        ));
         drop(init);
     }
     sb.assert_host_untouched();
