@@ -415,12 +415,7 @@ fn created_users_are_pinned_and_bad_tokens_give_no_session() {
 
     // A provider whose clock is two hours behind issues ID tokens that expired long ago.
     let behind = Provider::start(&pdir, &public, -7200);
-    let mut t = std::fs::read_to_string(sb.path("occ/init.toml")).unwrap();
-    t = t.replace(
-        &format!("http://127.0.0.1:{}", provider_port(&t)),
-        &behind.issuer(),
-    );
-    std::fs::write(sb.path("occ/init.toml"), t).unwrap();
+    point_to(&sb, &behind.issuer());
     drop(init);
     let mut init = sb.boot(&[], &[]);
     assert!(provider_seen(&sb, &init, true), "{}", init.stderr_text());
@@ -440,6 +435,14 @@ fn created_users_are_pinned_and_bad_tokens_give_no_session() {
     drop(init);
     drop(behind);
     sb.assert_host_untouched();
+}
+
+/// Point the sandbox's config at another issuer (for its next boot).
+fn point_to(sb: &Sandbox, issuer: &str) {
+    let conf = sb.path("occ/init.toml");
+    let t = std::fs::read_to_string(&conf).unwrap();
+    let t = t.replace(&format!("http://127.0.0.1:{}", provider_port(&t)), issuer);
+    std::fs::write(conf, t).unwrap();
 }
 
 /// The port of the issuer in a config text.
@@ -622,12 +625,7 @@ fn a_provider_that_is_down_or_hostile_costs_password_logins_nothing() {
                 });
             }
         });
-        let mut t = std::fs::read_to_string(sb.path("occ/init.toml")).unwrap();
-        t = t.replace(
-            &format!("http://127.0.0.1:{}", provider_port(&t)),
-            &format!("http://127.0.0.1:{hport}"),
-        );
-        std::fs::write(sb.path("occ/init.toml"), t).unwrap();
+        point_to(&sb, &format!("http://127.0.0.1:{hport}"));
         let init = sb.boot(&[], &[]);
         assert!(provider_seen(&sb, &init, false));
         let st = status_json(&sb, &init);

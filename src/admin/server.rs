@@ -753,15 +753,7 @@ fn verify_login(
     let begun = limiter.begin(keys, now);
     drop(limiter);
     if let Err(wait) = begun {
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut r = ApiError::new(
-            429,
-            "rate_limited",
-            format!("too many failed attempts; retry in {secs}s"),
-        )
-        .response();
-        r.headers.push(("Retry-After".into(), secs.to_string()));
-        return Ok(r);
+        return Ok(rate_limited(wait));
     }
     let users = users_of(shared)?;
     let passwords = shared.oidc.lock().map(|o| o.password_login).unwrap_or(true);
@@ -803,6 +795,19 @@ fn verify_login(
     }
 }
 
+/// 429 with Retry-After: the limiter says to wait `wait`.
+fn rate_limited(wait: Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut r = ApiError::new(
+        429,
+        "rate_limited",
+        format!("too many failed attempts; retry in {secs}s"),
+    )
+    .response();
+    r.headers.push(("Retry-After".into(), secs.to_string()));
+    r
+}
+
 /// The user of a good token who can still log in (with the uid the token was made for),
 /// and her login fingerprint.
 fn token_user(shared: &Shared, users: &Users, token: &str) -> Option<(String, u64)> {
@@ -837,15 +842,7 @@ fn verify_bearer(
         (keys, begun)
     };
     if let Err(wait) = begun {
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut r = ApiError::new(
-            429,
-            "rate_limited",
-            format!("too many failed attempts; retry in {secs}s"),
-        )
-        .response();
-        r.headers.push(("Retry-After".into(), secs.to_string()));
-        return Ok(r);
+        return Ok(rate_limited(wait));
     }
     let users = users_of(shared)?;
     let found = crate::tokens::looks_like_token(token.expose())

@@ -824,25 +824,31 @@ impl Proxy {
         }
         match self.verify(&user, &password, client, "HTTP Basic").await {
             Verdict::Valid { fingerprint } => {
-                if let Ok(mut b) = self.basic.lock() {
-                    if b.len() >= MAX_BASIC_CACHE {
-                        b.clear();
-                    }
-                    b.insert(
-                        key,
-                        BasicEntry {
-                            user: user.clone(),
-                            fingerprint: fingerprint.clone(),
-                            verified: Instant::now(),
-                            token: crate::tokens::looks_like_token(&password),
-                        },
-                    );
-                }
+                let token = crate::tokens::looks_like_token(&password);
+                self.remember(key, &user, fingerprint, token);
                 Auth::User(user)
             }
             Verdict::Denied => Auth::Denied,
             Verdict::Limited { retry_after } => Auth::Limited(retry_after),
             Verdict::Unavailable => Auth::Unavailable,
+        }
+    }
+
+    /// Keep a verified credential (a password, or a `token`) for the cache's time.
+    fn remember(&self, key: (u64, u64), user: &str, fingerprint: String, token: bool) {
+        if let Ok(mut b) = self.basic.lock() {
+            if b.len() >= MAX_BASIC_CACHE {
+                b.clear();
+            }
+            b.insert(
+                key,
+                BasicEntry {
+                    user: user.to_string(),
+                    fingerprint,
+                    verified: Instant::now(),
+                    token,
+                },
+            );
         }
     }
 
@@ -874,20 +880,7 @@ impl Proxy {
             .unwrap_or((Verdict::Unavailable, None));
         match (verdict, user) {
             (Verdict::Valid { fingerprint }, Some(user)) => {
-                if let Ok(mut b) = self.basic.lock() {
-                    if b.len() >= MAX_BASIC_CACHE {
-                        b.clear();
-                    }
-                    b.insert(
-                        key,
-                        BasicEntry {
-                            user: user.clone(),
-                            fingerprint,
-                            verified: Instant::now(),
-                            token: true,
-                        },
-                    );
-                }
+                self.remember(key, &user, fingerprint, true);
                 Auth::User(user)
             }
             // One line per check at PID 1 (which logs nothing for these) would let anyone
