@@ -657,3 +657,80 @@ fn a_provider_that_is_down_or_hostile_costs_password_logins_nothing() {
     }
     sb.assert_host_untouched();
 }
+
+/// A real ID token of the same provider, signed with its real key, but issued to another
+/// client (`aud` = other): occ-init's check refuses it; the same check takes it for the
+/// client it was issued to (the control). The token comes from a device login of client
+/// `other`, approved in chromium.
+#[test]
+fn an_id_token_for_another_audience_is_refused() {
+    let Some((pdir, bdir)) = deps() else { return };
+    let provider = Provider::start(&pdir, "http://localhost:9", 0);
+    let issuer = provider.issuer();
+    let other = format!(
+        "Authorization: Basic {}\r\nContent-Type: application/x-www-form-urlencoded\r\n",
+        support::http::b64("other:other-test-secret")
+    );
+    let r = http(
+        provider.port,
+        "POST",
+        "/device/auth",
+        &other,
+        "client_id=other&scope=openid+profile",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let device_code = v["device_code"].as_str().unwrap().to_string();
+    let seen = browse(
+        &bdir,
+        "device",
+        v["verification_uri_complete"].as_str().unwrap(),
+        "alice",
+        "oidc-aud-",
+    );
+    assert!(seen["error"].is_null(), "{seen}");
+    let mut tokens = None;
+    for _ in 0..10 {
+        let r = http(
+            provider.port,
+            "POST",
+            "/token",
+            &other,
+            &format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code={device_code}"),
+        );
+        if r.status == 200 {
+            tokens = Some(serde_json::from_str::<serde_json::Value>(&r.body).unwrap());
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let tokens = tokens.expect("an ID token for client other");
+    assert!(tokens["id_token"].is_string(), "{tokens}");
+    let settings = |client: &str| occ_init::proxy::oidc::OidcSettings {
+        issuer: issuer.clone(),
+        client_id: client.into(),
+        redirect_uri: "http://localhost:9/_occ/oidc/callback".into(),
+        scopes: vec!["openid".into()],
+        username_claim: "preferred_username".into(),
+        groups_claim: "groups".into(),
+        provider_name: "Test IdP".into(),
+        password_login: true,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ours = occ_init::proxy::oidc::Oidc::new(settings("occ"));
+    rt.block_on(ours.discover_now()).unwrap();
+    let e = rt
+        .block_on(ours.verify_with("occ-test-secret", &tokens, None))
+        .expect_err("a token for another audience was taken");
+    assert!(e.message.contains("did not verify"), "{}", e.message);
+    // The control: for its own client the same token checks out (so the refusal was the aud).
+    let theirs = occ_init::proxy::oidc::Oidc::new(settings("other"));
+    rt.block_on(theirs.discover_now()).unwrap();
+    let who = rt
+        .block_on(theirs.verify_with("other-test-secret", &tokens, None))
+        .unwrap_or_else(|f| panic!("{}", f.message));
+    assert_eq!(who.sub, "alice");
+}

@@ -315,6 +315,16 @@ impl Oidc {
         self.provider().is_some() && self.last_error.lock().map(|e| e.is_none()).unwrap_or(false)
     }
 
+    /// Discover now and keep what was found (for tests; the proxy runs
+    /// [`Oidc::keep_discovered`]).
+    pub async fn discover_now(&self) -> Result<(), String> {
+        let p = self.discover().await?;
+        if let Ok(mut slot) = self.provider.lock() {
+            *slot = Some(p);
+        }
+        Ok(())
+    }
+
     /// Read discovery and the JWKS.
     async fn discover(&self) -> Result<Provider, String> {
         let url = format!(
@@ -578,16 +588,26 @@ impl Oidc {
         tokens: &serde_json::Value,
         nonce: Option<&str>,
     ) -> Result<Who, Failure> {
+        let secret = auth
+            .oidc_secret()
+            .await
+            .map_err(|()| fail(503, "no client secret"))?;
+        self.verify_with(secret.expose(), tokens, nonce).await
+    }
+
+    /// [`Oidc::verify`] with the client secret given.
+    pub async fn verify_with(
+        &self,
+        secret: &str,
+        tokens: &serde_json::Value,
+        nonce: Option<&str>,
+    ) -> Result<Who, Failure> {
         let raw = tokens["id_token"]
             .as_str()
             .filter(|t| t.len() <= 64 * 1024)
             .ok_or_else(|| fail(502, "The provider sent no ID token."))?;
         let token: Token = serde_json::from_value(serde_json::Value::String(raw.to_string()))
             .map_err(|_| fail(502, "The provider's ID token does not parse."))?;
-        let secret = auth
-            .oidc_secret()
-            .await
-            .map_err(|()| fail(503, "no client secret"))?;
         let mut provider = self
             .provider()
             .ok_or_else(|| fail(503, "The provider cannot be reached."))?;
@@ -596,7 +616,7 @@ impl Oidc {
             let verifier: IdTokenVerifier<openidconnect::core::CoreJsonWebKey> =
                 IdTokenVerifier::new_confidential_client(
                     ClientId::new(self.settings.client_id.clone()),
-                    ClientSecret::new(secret.expose().to_string()),
+                    ClientSecret::new(secret.to_string()),
                     IssuerUrl::new(self.settings.issuer.clone())
                         .map_err(|_| fail(500, "issuer"))?,
                     provider.jwks.clone(),

@@ -31,6 +31,14 @@ const provider = new Provider(issuer, {
     grant_types: ['authorization_code', 'urn:ietf:params:oauth:grant-type:device_code'],
     response_types: ['code'],
     token_endpoint_auth_method: 'client_secret_basic',
+  }, {
+    // Another client of the same provider: its ID tokens are for another audience.
+    client_id: 'other',
+    client_secret: 'other-test-secret',
+    redirect_uris: ['http://127.0.0.1:9/cb'],
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code'],
+    response_types: [],
+    token_endpoint_auth_method: 'client_secret_basic',
   }],
   claims: {
     openid: ['sub'],
