@@ -734,3 +734,137 @@ fn an_id_token_for_another_audience_is_refused() {
         .unwrap_or_else(|f| panic!("{}", f.message));
     assert_eq!(who.sub, "alice");
 }
+
+/// The provider rotates its signing keys (here: restarted with new ones on the same port):
+/// the next sign-in names an unknown `kid`, the proxy re-reads the JWKS and the sign-in works.
+#[test]
+fn a_rotated_signing_key_is_fetched_on_demand() {
+    let Some((pdir, bdir)) = deps() else { return };
+    let (sb, _port, public) = sso_sandbox(&fake(), "");
+    let pport = free_port();
+    let provider = Provider::start_on(&pdir, pport, &public, 0);
+    let mut init = boot_sso(&sb, &public, &provider.issuer(), "");
+    add_user(&sb, &init, "alice", "alice rot pw 1");
+    assert!(provider_seen(&sb, &init, true), "{}", init.stderr_text());
+    let signed_in = |seen: &serde_json::Value| {
+        seen["cookies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "occ_session")
+    };
+    let seen = browse(
+        &bdir,
+        "browser",
+        &format!("{public}/"),
+        "alice",
+        "oidc-rot1-",
+    );
+    assert!(signed_in(&seen), "{seen}");
+    drop(provider);
+    let provider = Provider::start_on(&pdir, pport, &public, 0);
+    // The JWKS is re-read at most every 10 s.
+    std::thread::sleep(Duration::from_secs(11));
+    let seen = browse(
+        &bdir,
+        "browser",
+        &format!("{public}/"),
+        "alice",
+        "oidc-rot2-",
+    );
+    assert!(signed_in(&seen), "{seen}\n{}", init.stderr_text());
+    assert_eq!(
+        init.count_log("ID token refused"),
+        0,
+        "{}",
+        init.stderr_text()
+    );
+    assert_eq!(
+        init.count_log("re-reading the provider's keys"),
+        1,
+        "{}",
+        init.stderr_text()
+    );
+    drop(init);
+    drop(provider);
+    sb.assert_host_untouched();
+}
+
+/// The red team's findings stay fixed: the provider's error text cannot forge log lines; an
+/// answer without `iss` from a provider that sends it is refused; asking for device codes
+/// from one address cannot keep others out (the oldest code of that address makes room).
+#[test]
+fn callbacks_cannot_forge_log_lines_and_device_codes_cannot_be_hoarded() {
+    let Some((pdir, _)) = deps() else { return };
+    let (sb, port, public) = sso_sandbox(&fake(), "");
+    let provider = Provider::start(&pdir, &public, 0);
+    let mut init = boot_sso(&sb, &public, &provider.issuer(), "");
+    add_user(&sb, &init, "alice", "alice rt3 pw 1");
+    assert!(provider_seen(&sb, &init, true), "{}", init.stderr_text());
+    // A flow of our own: its state (from the redirect) and its cookie.
+    let begin = || {
+        let r = http(port, "GET", "/_occ/oidc/login?next=/", "", "");
+        assert_eq!(r.status, 303, "{r:?}");
+        let location = r
+            .head
+            .lines()
+            .find_map(|l| l.strip_prefix("location: "))
+            .unwrap()
+            .to_string();
+        let state = location
+            .split("state=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap()
+            .to_string();
+        let cookie = r
+            .head
+            .split("occ_oidc=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        (state, cookie)
+    };
+    let (state, cookie) = begin();
+    let forged =
+        "y%0Aocc-proxy%20info%3A%20%22alice%22%20signed%20in%20with%20Test%20IdP%20from%2010.9.9.9";
+    let r = http(
+        port,
+        "GET",
+        &format!("/_occ/oidc/callback?state={state}&error=x&error_description={forged}"),
+        &format!("Cookie: occ_oidc={cookie}\r\n"),
+        "",
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = init.stderr_text();
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("occ-proxy info: \"alice\" signed in")),
+        "a forged log line:\n{log}"
+    );
+    // No iss from a provider that announces it.
+    let (state, cookie) = begin();
+    let r = http(
+        port,
+        "GET",
+        &format!("/_occ/oidc/callback?state={state}&code=abc"),
+        &format!("Cookie: occ_oidc={cookie}\r\n"),
+        "",
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("did not say which provider"), "{}", r.body);
+    // Twelve device codes from one address: all answered.
+    let codes: Vec<u16> = (0..12)
+        .map(|_| http(port, "POST", "/_occ/device/code", "", "").status)
+        .collect();
+    assert_eq!(codes, vec![200; 12]);
+    drop(init);
+    drop(provider);
+    sb.assert_host_untouched();
+}

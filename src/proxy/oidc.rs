@@ -64,6 +64,8 @@ pub struct Provider {
     pub device_endpoint: Option<String>,
     pub jwks: CoreJsonWebKeySet,
     pub jwks_at: Instant,
+    /// It sends `iss` with its answers (RFC 9207): then one without is refused.
+    pub iss_parameter: bool,
 }
 
 /// A browser sign-in in progress, by `state`.
@@ -357,6 +359,7 @@ impl Oidc {
             token_endpoint: need("token_endpoint")?,
             userinfo_endpoint: endpoint("userinfo_endpoint")?,
             device_endpoint: endpoint("device_authorization_endpoint")?,
+            iss_parameter: v["authorization_response_iss_parameter_supported"] == true,
             jwks_uri,
             jwks,
             jwks_at: Instant::now(),
@@ -495,20 +498,34 @@ impl Oidc {
         }
         if let Some(e) = param("error") {
             let why = param("error_description").unwrap_or_default();
+            // What the provider (or anyone with a flow) put there goes to the page and the
+            // log: no line breaks or other control characters.
+            let plain = |s: &str, n: usize| -> String {
+                s.chars().filter(|c| !c.is_control()).take(n).collect()
+            };
             return Err(fail(
                 403,
                 format!(
                     "{} said: {} {}",
                     self.settings.provider_name,
-                    e.chars().take(100).collect::<String>(),
-                    why.chars().take(300).collect::<String>()
+                    plain(&e, 100),
+                    plain(&why, 300)
                 ),
             ));
         }
-        if let Some(iss) = param("iss") {
-            if iss != self.settings.issuer {
+        // RFC 9207: a provider that says it sends `iss` must send the right one.
+        let iss_required = self.provider().is_some_and(|p| p.iss_parameter);
+        match param("iss") {
+            Some(iss) if iss != self.settings.issuer => {
                 return Err(fail(400, "The answer came from another provider."));
             }
+            None if iss_required => {
+                return Err(fail(
+                    400,
+                    "The answer did not say which provider it came from.",
+                ));
+            }
+            _ => {}
         }
         let code = param("code")
             .filter(|c| !c.is_empty() && c.len() <= 4096)
@@ -652,6 +669,9 @@ impl Oidc {
                 )) if !refreshed && provider.jwks_at.elapsed() >= JWKS_REFRESH_MIN => {
                     // An unknown kid: the provider rotated its keys.
                     refreshed = true;
+                    log::info!(
+                        "oidc: an ID token names an unknown key; re-reading the provider's keys"
+                    );
                     let jwks = self.read_jwks(&provider.jwks_uri).await.map_err(|e| {
                         fail(502, format!("cannot re-read the provider's keys: {e}"))
                     })?;
@@ -740,9 +760,19 @@ impl Oidc {
             let mut d = self.devices.lock().map_err(|_| fail(500, "device flows"))?;
             let now = Instant::now();
             d.retain(|_, f| f.expires > now);
-            if d.len() >= MAX_DEVICE_FLOWS
-                || d.values().filter(|f| f.client == client).count() >= MAX_DEVICE_FLOWS_PER_CLIENT
-            {
+            // Full for this address (every local client shares one): the oldest of its
+            // flows makes room, so nobody can keep everyone else out by asking for codes.
+            let mine: Vec<(String, Instant)> = d
+                .iter()
+                .filter(|(_, f)| f.client == client)
+                .map(|(k, f)| (k.clone(), f.expires))
+                .collect();
+            if mine.len() >= MAX_DEVICE_FLOWS_PER_CLIENT {
+                if let Some((oldest, _)) = mine.iter().min_by_key(|(_, e)| *e) {
+                    d.remove(oldest);
+                }
+            }
+            if d.len() >= MAX_DEVICE_FLOWS {
                 return Err(fail(
                     429,
                     "Too many device logins in progress; try again later.",
@@ -980,6 +1010,7 @@ mod tests {
             userinfo_endpoint: None,
             jwks_uri: "https://idp.example/jwks".into(),
             device_endpoint: None,
+            iss_parameter: false,
             jwks: CoreJsonWebKeySet::new(vec![]),
             jwks_at: Instant::now(),
         });
@@ -996,5 +1027,12 @@ mod tests {
             .block_on(o.finish(&auth, &q, Some(&binding)))
             .unwrap_err();
         assert!(e.message.contains("already used"), "{}", e.message);
+        // No device endpoint at the provider: 501, said clearly, nothing sent.
+        let e = rt.block_on(o.device_code(&auth, "10.0.0.1")).unwrap_err();
+        assert_eq!(e.status, 501);
+        assert!(e.message.contains("no device login"), "{}", e.message);
+        // An unknown device code.
+        let e = rt.block_on(o.device_token(&auth, "nope")).unwrap_err();
+        assert_eq!((e.0, e.1), (400, "invalid_grant"));
     }
 }

@@ -1194,6 +1194,16 @@ impl Proxy {
         ))
     }
 
+    /// The name and path of the cookie that binds a sign-in to its browser: over TLS with the
+    /// `__Host-` prefix (a server on another port of the host cannot plant one).
+    fn flow_cookie(&self) -> (&'static str, &'static str) {
+        if self.tls.is_some() {
+            ("__Host-occ_oidc", "/")
+        } else {
+            (oidc::FLOW_COOKIE, "/_occ/oidc/")
+        }
+    }
+
     /// The login page, with single sign-on when it is configured.
     fn login_page(&self, next: &str, error: Option<&str>, no_users: bool) -> String {
         match &self.oidc {
@@ -1228,9 +1238,9 @@ impl Proxy {
         match o.begin(&next) {
             Ok((url, binding)) => {
                 let mut r = redirect(&url);
+                let (name, path) = self.flow_cookie();
                 let cookie = format!(
-                    "{}={binding}; HttpOnly; SameSite=Lax; Path=/_occ/oidc/; Max-Age={}{}",
-                    oidc::FLOW_COOKIE,
+                    "{name}={binding}; HttpOnly; SameSite=Lax; Path={path}; Max-Age={}{}",
                     oidc::FLOW_TTL.as_secs(),
                     if https { "; Secure" } else { "" }
                 );
@@ -1265,10 +1275,10 @@ impl Proxy {
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .find_map(|c| request::session_cookie_named(std::iter::once(c), oidc::FLOW_COOKIE));
+            .find_map(|c| request::session_cookie_named(std::iter::once(c), self.flow_cookie().0));
+        let (name, path) = self.flow_cookie();
         let clear = format!(
-            "{}=; HttpOnly; SameSite=Lax; Path=/_occ/oidc/; Max-Age=0{}",
-            oidc::FLOW_COOKIE,
+            "{name}=; HttpOnly; SameSite=Lax; Path={path}; Max-Age=0{}",
             if https { "; Secure" } else { "" }
         );
         let failed = |status: u16, message: &str| {
@@ -1346,10 +1356,10 @@ impl Proxy {
                 Ok(v) => json(StatusCode::OK, v),
                 Err(f) => oauth_error(
                     f.status,
-                    if f.status == 501 {
-                        "unsupported"
-                    } else {
-                        "server_error"
+                    match f.status {
+                        501 => "unsupported",
+                        429 | 503 => "temporarily_unavailable",
+                        _ => "server_error",
                     },
                     &f.message,
                 ),

@@ -10,6 +10,11 @@ if (shift) {
   Date.now = () => real() + Number(shift) * 1000;
 }
 const { default: Provider } = await import('oidc-provider');
+const { generateKeyPairSync, randomBytes } = await import('node:crypto');
+
+// A signing key of its own at every start (a new `kid`): a restart is a key rotation.
+const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const signing = { ...privateKey.export({ format: 'jwk' }), kid: randomBytes(8).toString('hex'), alg: 'RS256', use: 'sig' };
 
 const accounts = {
   alice: { preferred_username: 'alice', name: 'Alice', email: 'alice@example.test', groups: ['devs'] },
@@ -51,6 +56,7 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: true },
     deviceFlow: { enabled: true },
   },
+  jwks: { keys: [signing] },
   pkce: { required: () => true },
   // Long-lived interactions and sessions: with a shifted clock the browser (on the real one)
   // must still keep the provider's cookies; the ID token keeps its default hour.
