@@ -298,6 +298,16 @@ fn sign_in_with_the_provider_lands_in_opencode_and_refuses_the_rest() {
         !log.contains("occ-test-secret"),
         "the client secret in the log"
     );
+    // Nor in any process's argv or environment (the proxy gets it over the auth socket).
+    for (p, _) in occ_init::init::procs::process_table() {
+        for f in ["cmdline", "environ"] {
+            let b = std::fs::read(format!("/proc/{p}/{f}")).unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&b).contains("occ-test-secret"),
+                "the client secret in the {f} of {p}"
+            );
+        }
+    }
     assert!(!log.contains("eyJ"), "a JWT in the log");
     drop(init);
     drop(provider);

@@ -189,11 +189,13 @@ fn a_token_is_its_users_second_credential_and_ends_with_her_account() {
         let secret = &t[t.len() - 20..];
         assert!(!log.contains(secret));
         for (p, _) in occ_init::init::procs::process_table() {
-            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            assert!(
-                !String::from_utf8_lossy(&cmd).contains(secret),
-                "a token in argv of {p}"
-            );
+            for f in ["cmdline", "environ"] {
+                let b = std::fs::read(format!("/proc/{p}/{f}")).unwrap_or_default();
+                assert!(
+                    !String::from_utf8_lossy(&b).contains(secret),
+                    "a token in the {f} of {p}"
+                );
+            }
         }
     }
     drop(init);
