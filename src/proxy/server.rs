@@ -147,7 +147,9 @@ pub struct Proxy {
     /// Single sign-on, when configured.
     oidc: Option<Arc<oidc::Oidc>>,
     /// Changes made on the tokens page, per user (at most 20 a minute).
-    token_changes: TokenChanges,
+    token_changes: PerMinute,
+    /// Device codes asked for, per client address (each one is a call to the provider).
+    device_asks: PerMinute,
     /// With TLS: the acceptor and the certificate it serves (PID 1 replaces it).
     tls: Option<(tokio_rustls::TlsAcceptor, Arc<super::tls::Certs>)>,
     /// The session cookie's name (`__Host-` prefixed over TLS).
@@ -300,19 +302,22 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// Changes on the tokens page per user in the current minute.
+/// Requests per key (a user, a client address) in the current minute.
 #[derive(Default)]
-struct TokenChanges(Mutex<HashMap<String, (Instant, u32)>>);
+struct PerMinute(Mutex<HashMap<String, (Instant, u32)>>);
 
-impl TokenChanges {
+impl PerMinute {
     const PER_MINUTE: u32 = 20;
 
-    fn allow(&self, user: &str, now: Instant) -> bool {
+    fn allow(&self, key: &str, now: Instant) -> bool {
         let Ok(mut m) = self.0.lock() else {
             return false;
         };
         m.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
-        let e = m.entry(user.to_string()).or_insert((now, 0));
+        if m.len() >= 100_000 {
+            m.clear();
+        }
+        let e = m.entry(key.to_string()).or_insert((now, 0));
         e.1 += 1;
         e.1 <= Self::PER_MINUTE
     }
@@ -381,7 +386,8 @@ impl Proxy {
             tls: None,
             cookie: request::cookie_name(false),
             oidc: None,
-            token_changes: TokenChanges::default(),
+            token_changes: PerMinute::default(),
+            device_asks: PerMinute::default(),
         }
     }
 
@@ -1351,6 +1357,16 @@ impl Proxy {
                 serde_json::json!({"error": code, "error_description": description}),
             )
         };
+        if kind == Kind::DeviceCode && !self.device_asks.allow(client, Instant::now()) {
+            let mut r = oauth_error(
+                429,
+                "temporarily_unavailable",
+                "too many device codes asked for from this address; try again in a minute",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            return r;
+        }
         if kind == Kind::DeviceCode {
             return match o.device_code(&self.auth, client).await {
                 Ok(v) => json(StatusCode::OK, v),
