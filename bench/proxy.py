@@ -414,24 +414,28 @@ class Runner:
                 "proxy": proxy[0], "upstream": int(listen[1]) if len(listen) == 2 else None,
                 "upstream_auth": upstream_auth or AUTH, "tls": "tls = 'files'" in extra}
 
-    def nginx_proxy(self, name, upstream_port, htpasswd_line, upstream_auth):
+    def nginx_proxy(self, name, upstream_port, htpasswd_line, upstream_auth, tls=None):
         """Debian's nginx as a reverse proxy with Basic auth from a file, configured as occ-proxy
         behaves: upstream keep-alive, no buffering, WebSocket upgrades, the client's Authorization
         replaced by opencode's, X-Forwarded-For/-Proto/-Host set; one worker (occ-proxy is one
-        thread). Returns (port, proc)."""
+        thread). With `tls` = (cert, key): HTTPS, TLS 1.2/1.3, session cache and tickets off (every
+        new connection a full handshake). Returns (port, proc)."""
         d = f"{self.tmp}/{name}"
         os.makedirs(d)
         os.chmod(d, 0o755)
         open(f"{d}/htpasswd", "w").write(f"{USER}:{htpasswd_line}\n")
         os.chmod(f"{d}/htpasswd", 0o644)
         port = free_port()
+        ssl = "" if tls is None else (
+            f" ssl; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; "
+            "ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off")
         open(f"{d}/nginx.conf", "w").write(f"""
 worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/nginx.err;
 events {{ worker_connections 4096; }}
 http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
   upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; keepalive_requests 1000000; }}
   map $http_upgrade $conn {{ default upgrade; '' ''; }}
-  server {{ listen 127.0.0.1:{port}; auth_basic "opencode"; auth_basic_user_file {d}/htpasswd;
+  server {{ listen 127.0.0.1:{port}{ssl}; auth_basic "opencode"; auth_basic_user_file {d}/htpasswd;
     location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection $conn; proxy_buffering off; proxy_set_header Authorization "{upstream_auth}";
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;
@@ -583,34 +587,6 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
     return up_port, cmd
 
 
-def nginx_tls(run, upstream_port, htpasswd_line, upstream_auth, cert, key):
-    """nginx serving HTTPS with `cert`/`key` as a reverse proxy (as `Runner.nginx_proxy`), every
-    new connection a full handshake (no session cache, no tickets)."""
-    d = f"{run.tmp}/nginx-tls"
-    os.makedirs(d)
-    os.chmod(d, 0o755)
-    open(f"{d}/htpasswd", "w").write(f"{USER}:{htpasswd_line}\n")
-    os.chmod(f"{d}/htpasswd", 0o644)
-    port = free_port()
-    open(f"{d}/nginx.conf", "w").write(f"""
-worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/nginx.err;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
-  upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; keepalive_requests 1000000; }}
-  server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
-    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;
-    auth_basic "opencode"; auth_basic_user_file {d}/htpasswd;
-    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_buffering off; proxy_set_header Authorization "{upstream_auth}";
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-Host $host; }} }} }}
-""")
-    p = run.popen(["nginx", "-e", f"{d}/nginx.err", "-c", f"{d}/nginx.conf"],
-                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, p, f"{d}/nginx.err")
-    return port, p
-
-
 def handshakes(port, seconds, pids, clients=4):
     """Full TLS handshakes per second: `clients` `openssl s_time -new` at once (no resumption;
     without -www s_time only connects and handshakes). Returns (per second, server CPU µs each)."""
@@ -649,7 +625,8 @@ def tls_part(run, args):
                   f"tls_cert_file = '{c}/cert.pem'\ntls_key_file = '{c}/key.pem'\n")
     upstream_pids = [q for q in descendants(sb["pid1"]) if comm(q) == "nginx"]
     sha = "{SHA}" + base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()
-    ng, ng_p = nginx_tls(run, up_port, sha, sb["upstream_auth"], f"{c}/cert.pem", f"{c}/key.pem")
+    ng, ng_p = run.nginx_proxy("nginx-tls", up_port, sha, sb["upstream_auth"],
+                               tls=(f"{c}/cert.pem", f"{c}/key.pem"))
     logins = Logins(sb)
     paths = [("occ-init proxy (TLS)", sb["port"], [sb["proxy"]]),
              ("nginx (TLS, Basic {SHA} file)", ng, [ng_p.pid] + descendants(ng_p.pid))]

@@ -181,8 +181,6 @@ impl Pins {
     }
 
     fn save(&self) -> Result<(), PinsError> {
-        use std::io::Write;
-        use std::os::unix::fs::PermissionsExt;
         let err = |message: String| PinsError {
             path: self.path.display().to_string(),
             message,
@@ -190,21 +188,12 @@ impl Pins {
         if let Some(b) = &self.broken {
             return Err(err(format!("not written: {b}")));
         }
-        let dir = self.path.parent().unwrap_or(Path::new("."));
         let body = serde_json::to_vec_pretty(&PinsFile {
             version: 1,
             pins: self.pins.clone(),
         })
         .map_err(|e| err(e.to_string()))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| err(e.to_string()))?;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| err(e.to_string()))?;
-        tmp.write_all(&body).map_err(|e| err(e.to_string()))?;
-        tmp.as_file().sync_all().map_err(|e| err(e.to_string()))?;
-        tmp.persist(&self.path)
-            .map_err(|e| err(e.error.to_string()))?;
-        Ok(())
+        crate::users::store::atomic_write(&self.path, &body).map_err(|e| err(e.to_string()))
     }
 }
 

@@ -309,19 +309,6 @@ pub fn generate(names: &[String], now: i64) -> Result<Pair, String> {
     })
 }
 
-/// Write `bytes` to `path` atomically, root-only (0600).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
 /// The self-signed pair kept in `dir`: the stored one while it is good (it parses, is not
 /// within [`RENEW_BEFORE_DAYS`] of expiry and, when `names` were set explicitly, names them
 /// all), else a new one, written there root-only first. `true` when it was made now.
@@ -355,9 +342,9 @@ pub fn self_signed(
     make_private_dir(dir).map_err(|e| gen_err(e.to_string()))?;
     let pair = generate(names, now).map_err(gen_err)?;
     let info = check(&pair, SELF_CERT, SELF_KEY)?;
-    write_private(&key_path, &pair.key)
+    crate::users::store::atomic_write(&key_path, &pair.key)
         .map_err(|e| gen_err(format!("{}: {e}", key_path.display())))?;
-    write_private(&cert_path, &pair.cert)
+    crate::users::store::atomic_write(&cert_path, &pair.cert)
         .map_err(|e| gen_err(format!("{}: {e}", cert_path.display())))?;
     Ok((pair, info, true))
 }

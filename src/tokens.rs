@@ -209,8 +209,6 @@ impl Tokens {
 
     /// Write the file atomically, root-only (0600).
     fn save(&mut self) -> Result<(), TokenError> {
-        use std::io::Write;
-        use std::os::unix::fs::PermissionsExt;
         if let Some(why) = &self.broken {
             return Err(TokenError::Store {
                 path: self.path.display().to_string(),
@@ -227,20 +225,12 @@ impl Tokens {
             path: self.path.display().to_string(),
             message: e.to_string(),
         };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
         let body = serde_json::to_vec_pretty(&FileFormat {
             version: 1,
             tokens: self.list.clone(),
         })
         .map_err(|e| err(std::io::Error::other(e)))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(err)?;
-        tmp.write_all(&body).map_err(err)?;
-        tmp.as_file().sync_all().map_err(err)?;
-        tmp.persist(&self.path).map_err(|e| err(e.error))?;
-        Ok(())
+        crate::users::store::atomic_write(&self.path, &body).map_err(err)
     }
 
     /// Make a token for `user` (uid `uid`) named `name`, valid `lifetime` seconds (`None`:

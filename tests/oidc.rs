@@ -178,6 +178,13 @@ fn fake() -> String {
     format!("['{CHILD}', 'fake-opencode', '--behavior', 'healthy']")
 }
 
+/// Did the browser end up with a session?
+fn signed_in(seen: &serde_json::Value) -> bool {
+    seen["cookies"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["name"] == "occ_session"))
+}
+
 /// Until status says the provider answers (or not).
 fn provider_seen(sb: &Sandbox, init: &Init, reachable: bool) -> bool {
     eventually(Duration::from_secs(30), || {
@@ -226,14 +233,7 @@ fn sign_in_with_the_provider_lands_in_opencode_and_refuses_the_rest() {
         "{seen}\nlog:\n{}",
         init.stderr_text()
     );
-    assert!(
-        seen["cookies"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == "occ_session"),
-        "{seen}"
-    );
+    assert!(signed_in(&seen), "{seen}");
     init.expect_log("\"alice\" signed in with Test IdP");
 
     // The callback, replayed with the browser's own flow cookie: used up, no session.
@@ -269,14 +269,7 @@ fn sign_in_with_the_provider_lands_in_opencode_and_refuses_the_rest() {
     );
     let t = seen["text"].as_str().unwrap_or("");
     assert!(t.contains("occ-init user add ghost"), "{seen}");
-    assert!(
-        !seen["cookies"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == "occ_session"),
-        "{seen}"
-    );
+    assert!(!signed_in(&seen), "{seen}");
     // eve: not in an allowed group.
     let seen = browse(&bdir, "browser", &format!("{public}/"), "eve", "oidc-eve-");
     assert!(
@@ -286,14 +279,7 @@ fn sign_in_with_the_provider_lands_in_opencode_and_refuses_the_rest() {
             .contains("not in a group allowed here"),
         "{seen}"
     );
-    assert!(
-        !seen["cookies"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == "occ_session"),
-        "{seen}"
-    );
+    assert!(!signed_in(&seen), "{seen}");
 
     // Passwords still work; status names the provider and the methods.
     assert_eq!(
@@ -354,13 +340,6 @@ fn created_users_are_pinned_and_bad_tokens_give_no_session() {
     );
     add_user(&sb, &init, "alice", "alice sso pw 2");
     assert!(provider_seen(&sb, &init, true), "{}", init.stderr_text());
-    let signed_in = |seen: &serde_json::Value| {
-        seen["cookies"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == "occ_session")
-    };
     let seen = browse(
         &bdir,
         "browser",
@@ -778,13 +757,6 @@ fn a_rotated_signing_key_is_fetched_on_demand() {
     let mut init = boot_sso(&sb, &public, &provider.issuer(), "");
     add_user(&sb, &init, "alice", "alice rot pw 1");
     assert!(provider_seen(&sb, &init, true), "{}", init.stderr_text());
-    let signed_in = |seen: &serde_json::Value| {
-        seen["cookies"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == "occ_session")
-    };
     let seen = browse(
         &bdir,
         "browser",

@@ -31,6 +31,30 @@ fn create(sb: &Sandbox, init: &Init, user: &str, name: &str, args: &[&str]) -> S
     token
 }
 
+/// POST the login form as `user` with `pw`, from the proxy's own origin.
+fn form_login(port: u16, user: &str, pw: &str) -> support::http::Resp {
+    http(
+        port,
+        "POST",
+        "/_occ/login",
+        &format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nOrigin: http://127.0.0.1:{port}\r\n"
+        ),
+        &format!("username={user}&password={}&next=%2F", pw.replace(' ', "+")),
+    )
+}
+
+/// The session token a successful login (303) set.
+fn session_of(r: &support::http::Resp) -> String {
+    assert_eq!(r.status, 303, "{r:?}");
+    r.head
+        .split("occ_session=")
+        .nth(1)
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string()
+}
+
 fn bearer(token: &str) -> String {
     format!("Authorization: Bearer {token}\r\nAccept: application/json\r\n")
 }
@@ -223,26 +247,8 @@ fn the_tokens_page_belongs_to_the_signed_in_user() {
             body,
         )
     };
-    let login = |user: &str, pw: &str| {
-        let r = http(
-            port,
-            "POST",
-            "/_occ/login",
-            &format!("Content-Type: application/x-www-form-urlencoded\r\n{own}"),
-            &format!("username={user}&password={}&next=%2F", pw.replace(' ', "+")),
-        );
-        assert_eq!(r.status, 303, "{r:?}");
-        r.head
-            .split("occ_session=")
-            .nth(1)
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let alice = login("alice", "alice page pw 1");
-    let bob = login("bob", "bob page pw 2");
+    let alice = session_of(&form_login(port, "alice", "alice page pw 1"));
+    let bob = session_of(&form_login(port, "bob", "bob page pw 2"));
     // Not signed in: sent to the login page.
     let r = http(port, "GET", "/_occ/tokens", "Accept: text/html\r\n", "");
     assert_eq!(r.status, 303, "{r:?}");
@@ -328,16 +334,7 @@ fn tokens_open_no_sessions_and_guessing_stays_limited() {
     let alice_token = create(&sb, &init, "alice", "ci", &[]);
     let bob_token = create(&sb, &init, "bob", "mine", &[]);
     let own = format!("Origin: http://127.0.0.1:{port}\r\n");
-    let form_login = |user: &str, pw: &str| {
-        http(
-            port,
-            "POST",
-            "/_occ/login",
-            &format!("Content-Type: application/x-www-form-urlencoded\r\n{own}"),
-            &format!("username={user}&password={pw}&next=%2F"),
-        )
-    };
-    let r = form_login("bob", &bob_token);
+    let r = form_login(port, "bob", &bob_token);
     assert_eq!(r.status, 401, "{r:?}");
     assert!(!r.head.to_ascii_lowercase().contains("set-cookie"), "{r:?}");
     assert!(r.body.contains("personal API token"), "{}", r.body);
@@ -374,17 +371,7 @@ fn tokens_open_no_sessions_and_guessing_stays_limited() {
     assert!(log.contains("<not a user name>"), "{log}");
 
     // The tokens page: at most 20 changes a minute.
-    let r = form_login("bob", "bob+rt+pw+2");
-    assert_eq!(r.status, 303, "{r:?}");
-    let cookie = r
-        .head
-        .split("occ_session=")
-        .nth(1)
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = session_of(&form_login(port, "bob", "bob rt pw 2"));
     let mut codes = Vec::new();
     for _ in 0..22 {
         codes.push(

@@ -118,6 +118,18 @@ pub struct Who {
     pub groups: Vec<String>,
 }
 
+impl Who {
+    /// The identity PID 1 maps onto a container user.
+    pub fn identity(&self, issuer: &str) -> crate::oidc::Identity {
+        crate::oidc::Identity {
+            issuer: issuer.to_string(),
+            sub: self.sub.clone(),
+            username: self.username.clone(),
+            groups: self.groups.clone(),
+        }
+    }
+}
+
 /// An answer from the provider.
 pub struct Fetched {
     pub status: u16,
@@ -541,15 +553,15 @@ impl Oidc {
         Ok((who, flow.next))
     }
 
-    /// POST to the token endpoint with the client's credentials (client_secret_basic).
-    async fn token_request(
+    /// POST `form` to one of the provider's endpoints (`what`, for errors) with the client's
+    /// credentials (client_secret_basic; the secret comes from PID 1).
+    async fn post_form(
         &self,
         auth: &AuthClient,
+        url: &str,
         form: String,
-    ) -> Result<serde_json::Value, Failure> {
-        let p = self
-            .provider()
-            .ok_or_else(|| fail(503, "The provider cannot be reached right now."))?;
+        what: &str,
+    ) -> Result<Fetched, Failure> {
         let secret = auth.oidc_secret().await.map_err(|()| {
             fail(
                 503,
@@ -560,10 +572,10 @@ impl Oidc {
         let basic = crate::supervise::probe::base64(
             format!("{}:{}", enc(&self.settings.client_id), enc(secret.expose())).as_bytes(),
         );
-        let a = fetch(
+        fetch(
             &self.roots,
             "POST",
-            &p.token_endpoint,
+            url,
             &[
                 (
                     "content-type",
@@ -574,7 +586,21 @@ impl Oidc {
             Some(form),
         )
         .await
-        .map_err(|e| fail(502, format!("The provider's token endpoint failed: {e}")))?;
+        .map_err(|e| fail(502, format!("The provider's {what} failed: {e}")))
+    }
+
+    /// POST to the token endpoint with the client's credentials (client_secret_basic).
+    async fn token_request(
+        &self,
+        auth: &AuthClient,
+        form: String,
+    ) -> Result<serde_json::Value, Failure> {
+        let p = self
+            .provider()
+            .ok_or_else(|| fail(503, "The provider cannot be reached right now."))?;
+        let a = self
+            .post_form(auth, &p.token_endpoint, form, "token endpoint")
+            .await?;
         let v: serde_json::Value = serde_json::from_slice(&a.body).map_err(|_| {
             fail(
                 502,
@@ -779,33 +805,13 @@ impl Oidc {
                 ));
             }
         }
-        let secret = auth
-            .oidc_secret()
-            .await
-            .map_err(|()| fail(503, "no client secret"))?;
-        let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-        let basic = crate::supervise::probe::base64(
-            format!("{}:{}", enc(&self.settings.client_id), enc(secret.expose())).as_bytes(),
-        );
         let form = form_urlencoded::Serializer::new(String::new())
             .append_pair("client_id", &self.settings.client_id)
             .append_pair("scope", &self.settings.scopes.join(" "))
             .finish();
-        let a = fetch(
-            &self.roots,
-            "POST",
-            &endpoint,
-            &[
-                (
-                    "content-type",
-                    "application/x-www-form-urlencoded".to_string(),
-                ),
-                ("authorization", format!("Basic {basic}")),
-            ],
-            Some(form),
-        )
-        .await
-        .map_err(|e| fail(502, format!("The provider's device endpoint failed: {e}")))?;
+        let a = self
+            .post_form(auth, &endpoint, form, "device endpoint")
+            .await?;
         let v: serde_json::Value = serde_json::from_slice(&a.body)
             .map_err(|_| fail(502, "The provider's device endpoint did not answer JSON."))?;
         let provider_code = v["device_code"].as_str().filter(|c| c.len() <= 4096);

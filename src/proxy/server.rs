@@ -1304,12 +1304,7 @@ impl Proxy {
                 return failed(f.status, &f.message);
             }
         };
-        let identity = crate::oidc::Identity {
-            issuer: o.settings.issuer.clone(),
-            sub: who.sub.clone(),
-            username: who.username.clone(),
-            groups: who.groups.clone(),
-        };
+        let identity = who.identity(&o.settings.issuer);
         let (user, fingerprint) = match self.auth.oidc_login(&identity).await {
             Ok(u) => u,
             Err(why) => {
@@ -1399,12 +1394,7 @@ impl Proxy {
             Ok(w) => w,
             Err((status, code, why)) => return oauth_error(status, code, &why),
         };
-        let identity = crate::oidc::Identity {
-            issuer: o.settings.issuer.clone(),
-            sub: who.sub.clone(),
-            username: who.username.clone(),
-            groups: who.groups.clone(),
-        };
+        let identity = who.identity(&o.settings.issuer);
         let user = match self.auth.oidc_login(&identity).await {
             Ok((u, _)) => u,
             Err(why) => {
