@@ -186,9 +186,14 @@ fn signed_in(seen: &serde_json::Value) -> bool {
 }
 
 /// Until status says the provider answers (or not).
+/// (Right after a boot the admin socket may not be there yet: that is "not yet", not a
+/// failure.)
 fn provider_seen(sb: &Sandbox, init: &Init, reachable: bool) -> bool {
     eventually(Duration::from_secs(30), || {
-        status_json(sb, init)["security"]["oidc"]["reachable"] == reachable
+        let out = sb.exec(init, &["status", "--json"], None);
+        out.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|v| v["security"]["oidc"]["reachable"] == reachable)
     })
 }
 
